@@ -1,0 +1,55 @@
+"""The web process: the Starlette application and what it holds for its lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service import logs
+from service.config import Settings
+from service.metrics import metrics
+from service.queue import Intake, connect
+from service.verification import Verifier
+from service.webhooks import WebhookReceiver
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
+    redis = connect(settings.redis_url)
+    verifier = Verifier(
+        settings.webhook_secrets,
+        legacy_authorization=settings.webhook_auth,
+        tolerance_seconds=settings.tolerance_seconds,
+    )
+    receiver = WebhookReceiver(verifier, Intake(redis))
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await redis.aclose()
+
+    routes = [
+        Route("/webhooks/codat", receiver.receive, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+

@@ -1,0 +1,96 @@
+"""Settings, read once from the environment (names fixed by DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from standardwebhooks import Webhook
+
+# Codat retries a failed delivery for 28 hours; a message id is remembered well beyond
+# that, so a late retry or a manual resend from the portal days later is still a duplicate.
+DEDUP_TTL_SECONDS = 7 * 24 * 3600
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line, fit to print on exit."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    webhook_secrets: tuple[str, ...] = field(repr=False)
+    webhook_auth: str | None = field(default=None, repr=False)
+    tolerance_seconds: int = 300
+    codat_api_key: str | None = field(default=None, repr=False)
+    codat_base_url: str = "https://api.codat.io"
+    sync_data_types: tuple[str, ...] = ()
+    ops_token: str | None = field(default=None, repr=False)
+    log_level: str = "info"
+    log_format: str = "json"
+    port: int = 8000
+
+    def credentials(self) -> list[str]:
+        """Every secret value the process holds, for the log redaction step."""
+        values = [*self.webhook_secrets, self.webhook_auth, self.codat_api_key, self.ops_token]
+        return [value for value in values if value]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, require_secrets: bool = True) -> Settings:
+        """`require_secrets`: the web process verifies deliveries; the worker never does."""
+        env = os.environ if env is None else env
+        redis_url = env.get("REDIS_URL", "").strip()
+        if not redis_url:
+            raise ConfigError(
+                "REDIS_URL is not set: point it at Redis, or start through `codat-webhooks dev` "
+                "for an embedded Valkey"
+            )
+        secrets = _split(env.get("CODAT_WEBHOOK_SECRETS", ""))
+        if require_secrets and not secrets:
+            raise ConfigError(
+                "CODAT_WEBHOOK_SECRETS is not set: give the whsec_... signing secret(s) from the Codat "
+                "portal (only `codat-webhooks dev` generates one)"
+            )
+        for index, secret in enumerate(secrets):
+            try:
+                Webhook(secret)
+            except Exception:  # the library raises several types for a bad secret
+                # Never echo the value: it is a secret even when it is malformed.
+                raise ConfigError(
+                    f"CODAT_WEBHOOK_SECRETS entry {index + 1} is not a valid whsec_<base64> secret"
+                ) from None
+        log_format = env.get("LOG_FORMAT", "json").lower()
+        if log_format not in ("json", "console"):
+            raise ConfigError(f"LOG_FORMAT must be json or console, not {log_format!r}")
+        return cls(
+            redis_url=redis_url,
+            webhook_secrets=secrets,
+            webhook_auth=env.get("CODAT_WEBHOOK_AUTH") or None,
+            tolerance_seconds=_int(env, "WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1),
+            codat_api_key=env.get("CODAT_API_KEY") or None,
+            codat_base_url=env.get("CODAT_BASE_URL", "https://api.codat.io").rstrip("/"),
+            sync_data_types=_split(env.get("CODAT_SYNC_DATA_TYPES", "")),
+            ops_token=env.get("OPS_TOKEN") or None,
+            log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_format=log_format,
+            port=_int(env, "PORT", 8000, minimum=1),
+        )
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value

@@ -1,0 +1,82 @@
+"""One JSON object a line on stdout, from our code and from the libraries (uvicorn, arq) alike.
+
+The pipeline, in order: context bound for the delivery or job (contextvars), level, timestamp,
+redaction, exception rendering, then orjson. Redaction sits before every renderer, so nothing
+reaches stdout without passing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED = "[redacted]"
+# Keys whose value is a credential whatever it holds.
+SENSITIVE_KEYS = frozenset({
+    "authorization", "secret", "secrets", "webhook_secret", "webhook_secrets", "api_key",
+    "codat_api_key", "token", "ops_token", "password", "webhook_auth",
+})
+
+
+class Redact:
+    """Masks sensitive keys, and any configured secret wherever it appears inside a string."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Very short values would mask ordinary words; real secrets are long.
+        self._secrets = tuple(s for s in secrets if s and len(s) >= 8)
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        for key, value in event_dict.items():
+            if key.lower() in SENSITIVE_KEYS:
+                event_dict[key] = REDACTED
+            elif isinstance(value, str) and self._secrets:
+                for secret in self._secrets:
+                    if secret in value:
+                        value = value.replace(secret, REDACTED)
+                event_dict[key] = value
+        return event_dict
+
+
+def _orjson_text(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
+    redact = Redact(secrets)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    if fmt == "json":
+        tail: list[Processor] = [structlog.processors.dict_tracebacks]
+        renderer: Processor = structlog.processors.JSONRenderer(serializer=_orjson_text)
+    else:
+        tail = []
+        renderer = structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    # The libraries log through the standard library: route them through the same steps.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, *tail],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker"):
+        library = logging.getLogger(name)
+        library.handlers[:] = []
+        library.propagate = True
