@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 # Codat retries a failed delivery for 28 hours; a message id is remembered well beyond
 # that, so a late retry or a manual resend from the portal days later is still a duplicate.
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 MAX_BODY_BYTES = 1024 * 1024
+MIN_SECRET_BYTES = 16
 
 
 class ConfigError(Exception):
@@ -54,13 +58,11 @@ class Settings:
                 "portal (only `codat-webhooks dev` generates one)"
             )
         for index, secret in enumerate(secrets):
-            try:
-                Webhook(secret)
-            except Exception:  # the library raises several types for a bad secret
+            if not _valid_secret(secret):
                 # Never echo the value: it is a secret even when it is malformed.
                 raise ConfigError(
                     f"CODAT_WEBHOOK_SECRETS entry {index + 1} is not a valid whsec_<base64> secret"
-                ) from None
+                )
         log_format = env.get("LOG_FORMAT", "json").lower()
         if log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, not {log_format!r}")
@@ -77,6 +79,18 @@ class Settings:
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),
         )
+
+
+def _valid_secret(secret: str) -> bool:
+    # The library's own parsing skips characters that are not base64, so a mistyped secret
+    # would load, and then every delivery would fail verification. Check strictly first.
+    key = secret.removeprefix("whsec_")
+    try:
+        decoded = base64.b64decode(key, validate=True)
+        Webhook(secret)
+    except (binascii.Error, ValueError, EmptyWebhookSecretError):
+        return False
+    return len(decoded) >= MIN_SECRET_BYTES
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -1,0 +1,158 @@
+"""Helpers for tests: signing as Svix does, the service's processes, reading the queue back."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+from standardwebhooks import Webhook
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_" + base64.b64encode(b"current-test-signing-secret-0001").decode()
+OLD_SECRET = "whsec_" + base64.b64encode(b"previous-test-signing-secret-002").decode()
+LEGACY_AUTH = "Bearer legacy-rule-webhook-token-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sign(
+    body: bytes,
+    *,
+    secret: str = SECRET,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+    prefix: str = "webhook",
+) -> dict[str, str]:
+    """Headers as Svix sends them, signed by the standardwebhooks library."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, tz=UTC), body.decode())
+    return {
+        f"{prefix}-id": msg_id,
+        f"{prefix}-timestamp": str(timestamp),
+        f"{prefix}-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+class Service:
+    """One of the service's processes, its output captured as JSON lines."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", *self.args],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def logs(self, since: int = 0) -> list[dict[str, Any]]:
+        with open(self.log_path, "rb") as file:
+            file.seek(since)
+            lines = file.read().splitlines()
+        return [orjson.loads(line) for line in lines if line.startswith(b"{")]
+
+
+class Web(Service):
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        super().__init__(["web", "--host", "127.0.0.1"], {**env, "PORT": str(self.port)}, log_path)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Web:
+        super().start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("web process did not come up")
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CODAT_", "REDIS_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        CODAT_WEBHOOK_SECRETS=f"{SECRET},{OLD_SECRET}",
+        CODAT_WEBHOOK_AUTH=LEGACY_AUTH,
+        LOG_FORMAT="json",
+        LOG_LEVEL="info",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+
+def queued_events(store: redis.Redis) -> list[dict[str, Any]]:
+    """The events waiting in the arq queue, read back from the job records arq will run."""
+    events = []
+    for job_id in store.zrange("arq:queue", 0, -1):
+        raw = store.get(b"arq:job:" + job_id)
+        assert raw is not None, f"queue entry {job_id!r} has no job record"
+        job = orjson.loads(raw)
+        assert job["f"] == "process_event"
+        events.append(job["a"][0])
+    return events
+
+
+CATALOGUE = orjson.loads((Path(__file__).parent / "data" / "Webhooks.json").read_bytes())
+
+
+def catalogue_examples() -> list[tuple[str, str, dict[str, Any]]]:
+    """(example name, catalogue event type, body) for every example in Codat's Webhooks.json:
+    the new events' request examples and the legacy schemas' examples."""
+    found = []
+    legacy_schema_to_type = {}
+    for event_type, item in CATALOGUE["webhooks"].items():
+        content = item["post"]["requestBody"]["content"]["application/json"]
+        for name, example in content.get("examples", {}).items():
+            found.append((f"{event_type}/{name}", event_type, example["value"]))
+        legacy_schema_to_type[content["schema"]["$ref"].rsplit("/", 1)[1]] = event_type
+    for schema_name, schema in CATALOGUE["components"]["schemas"].items():
+        examples = schema.get("examples")
+        for index, example in enumerate(examples if isinstance(examples, list) else []):
+            if isinstance(example, dict) and "RuleType" in example:
+                event_type = legacy_schema_to_type[schema_name]
+                found.append((f"{event_type}/legacy-{index}", event_type, example))
+    return found
