@@ -16,7 +16,7 @@ from service.config import Settings
 from service.metrics import metrics
 from service.queue import Intake, connect
 from service.verification import Verifier
-from service.webhooks import WebhookReceiver
+from service.webhooks import WebhookEndpoint
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         legacy_authorization=settings.webhook_auth,
         tolerance_seconds=settings.tolerance_seconds,
     )
-    receiver = WebhookReceiver(verifier, Intake(redis))
+    webhooks = WebhookEndpoint(verifier, Intake(redis))
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await redis.aclose()
 
     routes = [
-        Route("/webhooks/codat", receiver.receive, methods=["POST"]),
+        Route("/webhooks/codat", webhooks, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

@@ -43,6 +43,10 @@ class Redact:
         return event_dict
 
 
+def _orjson_bytes(obj: Any, **_: Any) -> bytes:
+    return orjson.dumps(obj, default=str)
+
+
 def _orjson_text(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -57,21 +61,25 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
     ]
     if fmt == "json":
         tail: list[Processor] = [structlog.processors.dict_tracebacks]
-        renderer: Processor = structlog.processors.JSONRenderer(serializer=_orjson_text)
+        # Our lines go out as orjson's bytes, undecoded; the stdlib handler needs text.
+        renderer: Processor = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
+        text_renderer: Processor = structlog.processors.JSONRenderer(serializer=_orjson_text)
+        factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
         tail = []
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = text_renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=[*shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     # The libraries log through the standard library: route them through the same steps.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, *tail],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,20 +1,27 @@
-"""The arq queue, written by the web process in one round trip.
+"""The arq queue, written by the web process in one round trip, shared under load.
 
-arq's `enqueue_job` spends three (WATCH, EXISTS, MULTI/EXEC) and cannot remember a message id
-beyond the life of its job. A Lua script does the dedup and the enqueue atomically instead,
-writing the job exactly as arq stores it (the job key and the queue's sorted set), so the stock
-arq worker runs it. Jobs are serialised with orjson, not arq's default pickle: the workers say
-so in WorkerSettings (`job_serializer` / `job_deserializer`).
+arq's `enqueue_job` spends three round trips (WATCH, EXISTS, MULTI/EXEC) and cannot remember a
+message id beyond the life of its job. A Lua script does the dedup and the enqueue atomically
+instead, writing the job exactly as arq stores it (the job key and the queue's sorted set), so
+the stock arq worker runs it. Jobs are serialised with orjson, not arq's default pickle: the
+workers say so in WorkerSettings (`job_serializer` / `job_deserializer`).
+
+Deliveries that arrive while a write is in flight are sent together in the next pipeline
+(group commit): at rest a delivery costs one round trip of its own, in a burst many share one.
+Each is still answered only once Redis has answered for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from arq.constants import default_queue_name, job_key_prefix
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 
@@ -27,15 +34,33 @@ PROCESS_EVENT = "process_event"
 # (arq's default would drop a job not started within 24 hours).
 JOB_TTL_MS = DEDUP_TTL_SECONDS * 1000
 
-# KEYS: dedup key, job key, queue. ARGV: score (ms), dedup ttl (s), job, job ttl (ms), job id.
+# One call for a whole batch. KEYS: the queue, then per event its dedup key and job key.
+# ARGV: dedup ttl (s), job ttl (ms), then per event its job id, job and score (ms).
+# Returns 1 (queued) or 0 (seen before) per event, in order.
 _ENQUEUE_ONCE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[5])
-  return 1
+local queued = {}
+for i = 2, #KEYS, 2 do
+  local arg = 3 + (i - 2) / 2 * 3
+  if redis.call('SET', KEYS[i], ARGV[arg + 2], 'NX', 'EX', ARGV[1]) then
+    redis.call('SET', KEYS[i + 1], ARGV[arg + 1], 'PX', ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[arg + 2], ARGV[arg])
+    queued[#queued + 1] = 1
+  else
+    queued[#queued + 1] = 0
+  end
 end
-return 0
+return queued
 """
+
+
+class _HiredisPackedConnection(Connection):
+    """redis-py's sync client packs commands with hiredis (C); its asyncio client (5.x) packs
+    them in Python, which cost more than verifying and parsing a delivery. Same packer, lent."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
 
 
 def connect(url: str) -> Redis:
@@ -49,6 +74,8 @@ def connect(url: str) -> Redis:
         socket_timeout=2.0,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[ConnectionError, TimeoutError],
+        # For redis:// only; rediss:// and unix:// keep the class their scheme needs.
+        connection_class=_HiredisPackedConnection,
     )
 
 
@@ -65,14 +92,46 @@ def serialize_job(function: str, args: list[Any], enqueue_time_ms: int) -> bytes
     return orjson.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
 
 
+_Pending = tuple[str, str, str, bytes, int, "asyncio.Future[bool]"]
+
+
 class Intake:
     def __init__(self, redis: Redis) -> None:
-        self._enqueue_once = redis.register_script(_ENQUEUE_ONCE)
+        self._redis = redis
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def enqueue_once(self, event: Event) -> bool:
-        """Queue the event for the workers unless its message id was seen. True if queued."""
-        now = event.received_at_ms
+        """Queue the event for the workers unless its message id was seen. True if queued.
+        Raises the Redis error when the write cannot be confirmed."""
         jid = job_id(event.message_id)
-        job = serialize_job(PROCESS_EVENT, [event.to_dict()], now)
-        keys = [dedup_key(event.message_id), job_key_prefix + jid, QUEUE_NAME]
-        return bool(await self._enqueue_once(keys=keys, args=[now, DEDUP_TTL_SECONDS, job, JOB_TTL_MS, jid]))
+        job = serialize_job(PROCESS_EVENT, [event.to_dict()], event.received_at_ms)
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((dedup_key(event.message_id), job_key_prefix + jid, jid, job,
+                              event.received_at_ms, answer))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await answer
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            keys: list[Any] = [QUEUE_NAME]
+            args: list[Any] = [DEDUP_TTL_SECONDS, JOB_TTL_MS]
+            for seen_key, job_key, jid, job, score, _ in batch:
+                keys += (seen_key, job_key)
+                args += (jid, job, score)
+            try:
+                # EVAL, not EVALSHA: it survives a Redis restart that emptied the script
+                # cache, and Redis caches the compiled script by its hash all the same.
+                results: list[Any] = await self._redis.eval(_ENQUEUE_ONCE, len(keys), *keys, *args)
+            except Exception as exc:  # not confirmed: nobody in the batch may be told "accepted"
+                results = [exc] * len(batch)
+            for pending, result in zip(batch, results, strict=True):
+                answer = pending[-1]
+                if answer.done():  # the request went away; Codat's retry will find it deduplicated
+                    continue
+                if isinstance(result, BaseException):
+                    answer.set_exception(result)
+                else:
+                    answer.set_result(bool(result))

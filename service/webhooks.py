@@ -2,16 +2,21 @@
 
 Status codes (DESIGN.md): 202 new, 200 duplicate, 400 malformed body, 401 failed verification,
 413 body too large, 503 + Retry-After when the queue cannot be written.
+
+This route is a plain ASGI app, which Starlette routes like any other (its Route still answers
+405 to other methods). It is the one hot path: bursts of thousands of deliveries come through
+here, its answers are a handful of fixed messages, and a Request/Response pair per delivery
+cost more than the verification it guards.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, NamedTuple
 
 import structlog
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service import events
 from service.config import MAX_BODY_BYTES
@@ -22,38 +27,70 @@ from service.verification import BodyNotText, Rejected, Verifier
 log = structlog.get_logger("service.webhooks")
 
 # Codat retries a failed delivery on its own schedule; this is a hint for everyone else.
-RETRY_AFTER_SECONDS = "5"
+RETRY_AFTER_SECONDS = 5
+_JSON = (b"content-type", b"application/json")
 
 
-def _answer(status: int, outcome: str, **headers: str) -> Response:
-    return Response(b'{"status":"%s"}' % outcome.encode(), status, headers or None, "application/json")
+class Answer(NamedTuple):
+    """One of the fixed answers, as the two ASGI messages that send it."""
+
+    outcome: str
+    start: dict[str, Any]
+    body: dict[str, Any]
 
 
-class WebhookReceiver:
+def _answer(status: int, outcome: str, *extra: tuple[bytes, bytes]) -> Answer:
+    body = b'{"status":"%s"}' % outcome.encode()
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), *extra]
+    return Answer(outcome, {"type": "http.response.start", "status": status, "headers": headers},
+                  {"type": "http.response.body", "body": body})
+
+
+ACCEPTED = _answer(202, "accepted")
+DUPLICATE = _answer(200, "duplicate")
+MALFORMED = _answer(400, "malformed")
+REJECTED = _answer(401, "rejected")
+TOO_LARGE = _answer(413, "too_large")
+UNAVAILABLE = _answer(503, "unavailable", (b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+
+
+class ClientGone(Exception):
+    pass
+
+
+class WebhookEndpoint:
     def __init__(self, verifier: Verifier, intake: Intake) -> None:
         self._verifier = verifier
         self._intake = intake
 
-    async def receive(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         structlog.contextvars.clear_contextvars()
         started = time.perf_counter()
         try:
-            body = await _read_capped(request, MAX_BODY_BYTES)
-        except ClientDisconnect:
+            answer = await self._handle(scope, receive)
+        except ClientGone:
             log.warning("webhook.client_disconnected")
-            return _answer(400, "disconnected")
+            return
+        ACK_SECONDS.observe(time.perf_counter() - started)
+        await send(answer.start)
+        await send(answer.body)
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Answer:
+        # ASGI header names are lower case: a dict gives O(1) lookups.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await _read_capped(receive, headers.get("content-length", ""), MAX_BODY_BYTES)
         if body is None:
-            return self._refuse(413, "too_large", "body_too_large", limit=MAX_BODY_BYTES)
+            return self._refuse(TOO_LARGE, "body_too_large", limit=MAX_BODY_BYTES)
         try:
-            message_id = self._verifier.verify(request.headers, body)
+            message_id = self._verifier.verify(headers, body)
         except Rejected as rejected:
-            return self._refuse(401, "rejected", rejected.reason)
+            return self._refuse(REJECTED, rejected.reason)
         except BodyNotText:
-            return self._refuse(400, "malformed", "body_not_utf8")
+            return self._refuse(MALFORMED, "body_not_utf8")
         try:
             event = events.parse(body, message_id, int(time.time() * 1000))
         except events.Malformed as malformed:
-            return self._refuse(400, "malformed", malformed.reason, webhook_id=message_id)
+            return self._refuse(MALFORMED, malformed.reason, webhook_id=message_id)
 
         structlog.contextvars.bind_contextvars(webhook_id=event.message_id, event_type=event.event_type)
         type_label = event.event_type if event.known else "unknown"
@@ -65,30 +102,32 @@ class WebhookReceiver:
         except (RedisError, OSError) as exc:
             log.error("webhook.enqueue_failed", error=type(exc).__name__, retry_after=RETRY_AFTER_SECONDS)
             DELIVERIES.labels("unavailable", "redis", type_label).inc()
-            return _answer(503, "unavailable", **{"Retry-After": RETRY_AFTER_SECONDS})
-        finally:
-            ACK_SECONDS.observe(time.perf_counter() - started)
+            return UNAVAILABLE
         outcome = "accepted" if queued else "duplicate"
         DELIVERIES.labels(outcome, "", type_label).inc()
         log.info(f"webhook.{outcome}", company_id=event.company_id, connection_id=event.connection_id)
-        return _answer(202 if queued else 200, outcome)
+        return ACCEPTED if queued else DUPLICATE
 
-    def _refuse(self, status: int, outcome: str, reason: str, **fields: object) -> Response:
-        log.warning(f"webhook.{outcome}", reason=reason, status=status, **fields)
-        DELIVERIES.labels(outcome, reason, "").inc()
-        return _answer(status, outcome)
+    def _refuse(self, answer: Answer, reason: str, **fields: object) -> Answer:
+        log.warning(f"webhook.{answer.outcome}", reason=reason, status=answer.start["status"], **fields)
+        DELIVERIES.labels(answer.outcome, reason, "").inc()
+        return answer
 
 
-async def _read_capped(request: Request, limit: int) -> bytes | None:
+async def _read_capped(receive: Receive, declared: str, limit: int) -> bytes | None:
     """The body, or None once it exceeds `limit`, without reading further."""
-    declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
