@@ -17,7 +17,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[redacted]"
-# Keys whose value is a credential whatever it holds.
+# Keys whose value is a credential whatever it holds (log keys are lower case by convention).
 SENSITIVE_KEYS = frozenset({
     "authorization", "secret", "secrets", "webhook_secret", "webhook_secrets", "api_key",
     "codat_api_key", "token", "ops_token", "password", "webhook_auth",
@@ -32,14 +32,13 @@ class Redact:
         self._secrets = tuple(s for s in secrets if s and len(s) >= 8)
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        for key in SENSITIVE_KEYS.intersection(event_dict):
+            event_dict[key] = REDACTED
         for key, value in event_dict.items():
-            if key.lower() in SENSITIVE_KEYS:
-                event_dict[key] = REDACTED
-            elif isinstance(value, str) and self._secrets:
+            if isinstance(value, str):
                 for secret in self._secrets:
                     if secret in value:
-                        value = value.replace(secret, REDACTED)
-                event_dict[key] = value
+                        event_dict[key] = value = value.replace(secret, REDACTED)
         return event_dict
 
 

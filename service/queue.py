@@ -14,6 +14,7 @@ Each is still answered only once Redis has answered for it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import orjson
@@ -110,7 +111,9 @@ class Intake:
         self._pending.append((dedup_key(event.message_id), job_key_prefix + jid, jid, job,
                               event.received_at_ms, answer))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            # Its own empty context: it serves many deliveries, so it must not carry the
+            # log context (webhook_id, ...) of the one that happened to start it.
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         return await answer
 
     async def _flush(self) -> None:

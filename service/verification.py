@@ -49,12 +49,10 @@ class Verifier:
         A legacy delivery verified by its Authorization header has no id in its headers
         (None): its id is in the body.
         """
-        family = _header_family(headers)
-        if family is None:
+        names = _header_names(headers)
+        if names is None:
             return self._verify_legacy(headers)
-        msg_id = headers.get(f"{family}-id")
-        raw_timestamp = headers.get(f"{family}-timestamp")
-        raw_signature = headers.get(f"{family}-signature")
+        msg_id, raw_timestamp, raw_signature = (headers.get(name) for name in names)
         if not msg_id or not raw_timestamp or not raw_signature:
             raise Rejected("missing_headers")
         if len(msg_id) > MAX_MESSAGE_ID_LENGTH or not msg_id.isascii():
@@ -99,11 +97,17 @@ class BodyNotText(Exception):
     """The body is not UTF-8, so no Standard Webhooks signature can cover it."""
 
 
-def _header_family(headers: Mapping[str, str]) -> str | None:
-    # Svix sends the same three headers under either prefix; the three are read from one.
-    for family in ("webhook", "svix"):
-        if any(f"{family}-{part}" in headers for part in ("id", "timestamp", "signature")):
-            return family
+# Svix sends the same three headers under either prefix; all three are read from one.
+_FAMILIES = (
+    ("webhook-id", "webhook-timestamp", "webhook-signature"),
+    ("svix-id", "svix-timestamp", "svix-signature"),
+)
+
+
+def _header_names(headers: Mapping[str, str]) -> tuple[str, str, str] | None:
+    for names in _FAMILIES:
+        if names[0] in headers or names[1] in headers or names[2] in headers:
+            return names
     return None
 
 
