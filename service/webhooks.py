@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import events
 from service.config import MAX_BODY_BYTES
-from service.metrics import ACK_SECONDS, DELIVERIES
+from service.metrics import ACK_SECONDS, count_delivery
 from service.queue import Intake
 from service.verification import BodyNotText, Rejected, Verifier
 
@@ -64,7 +64,8 @@ class WebhookEndpoint:
         self._intake = intake
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        structlog.contextvars.clear_contextvars()
+        # No clear_contextvars(): uvicorn runs each request in a task of its own, whose
+        # context is a fresh copy, so what one delivery binds never reaches another.
         started = time.perf_counter()
         try:
             answer = await self._handle(scope, receive)
@@ -101,16 +102,16 @@ class WebhookEndpoint:
             queued = await self._intake.enqueue_once(event)
         except (RedisError, OSError) as exc:
             log.error("webhook.enqueue_failed", error=type(exc).__name__, retry_after=RETRY_AFTER_SECONDS)
-            DELIVERIES.labels("unavailable", "redis", type_label).inc()
+            count_delivery("unavailable", "redis", type_label)
             return UNAVAILABLE
         outcome = "accepted" if queued else "duplicate"
-        DELIVERIES.labels(outcome, "", type_label).inc()
+        count_delivery(outcome, "", type_label)
         log.info(f"webhook.{outcome}", company_id=event.company_id, connection_id=event.connection_id)
         return ACCEPTED if queued else DUPLICATE
 
     def _refuse(self, answer: Answer, reason: str, **fields: object) -> Answer:
         log.warning(f"webhook.{answer.outcome}", reason=reason, status=answer.start["status"], **fields)
-        DELIVERIES.labels(answer.outcome, reason, "").inc()
+        count_delivery(answer.outcome, reason, "")
         return answer
 
 

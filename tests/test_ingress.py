@@ -259,3 +259,20 @@ def test_no_secret_reaches_the_log(web: Web, client: httpx.Client, store: redis.
     assert "webhook.accepted" in text
     for secret in (SECRET, OLD_SECRET, LEGACY_AUTH, SECRET.removeprefix("whsec_")):
         assert secret not in text
+
+
+def test_log_context_of_one_delivery_never_reaches_the_next(
+    client: httpx.Client, store: redis.Redis, web: Web
+) -> None:
+    body = orjson.dumps(CONNECTED)
+    headers = sign(body)
+    since = web.log_offset()
+    assert post(client, body, headers).status_code == 202
+    assert post(client, body, {}).status_code == 401  # same keep-alive connection
+    accepted, rejected = (line for line in web.logs(since) if line["event"].startswith("webhook."))
+    assert accepted["webhook_id"] == headers["webhook-id"]
+    assert "webhook_id" not in rejected and "event_type" not in rejected
+
+
+def test_other_methods_are_405(client: httpx.Client) -> None:
+    assert client.get(PATH).status_code == 405
