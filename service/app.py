@@ -14,7 +14,10 @@ from starlette.routing import Route
 
 from service import logs
 from service.config import Settings
+from service.connections import ConnectionStore
+from service.deadletters import DeadLetters
 from service.metrics import metrics
+from service.ops import ops_routes
 from service.queue import Intake, connect
 from service.verification import Verifier
 from service.webhooks import WebhookEndpoint
@@ -55,5 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
     ]
+    if settings.ops_token:  # unset: the /ops routes do not exist (404)
+        routes += ops_routes(settings.ops_token, ConnectionStore(redis), DeadLetters(redis))
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from service.config import ConfigError, Settings
 
@@ -53,14 +60,44 @@ def worker(args: argparse.Namespace) -> int:
     from workers.settings import WorkerSettings
 
     settings = _settings(require_secrets=False)
+    if not settings.codat_api_key:
+        print("codat-webhooks: CODAT_API_KEY is not set: give the Codat API key, or start through "
+              "`codat-webhooks dev` for the local sandbox", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
     run_worker(
         WorkerSettings,  # type: ignore[arg-type]
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         burst=args.burst,
+        job_timeout=settings.job_timeout_seconds,
         ctx={"settings": settings},
     )
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_sandbox(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The local Codat API, for a dev run with no Codat account."""
+    from sandbox.app import DEV_API_KEY
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", str(port)], env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    env["CODAT_BASE_URL"] = f"http://127.0.0.1:{port}"
+    env["CODAT_API_KEY"] = DEV_API_KEY
+    print(f"dev: sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given)", file=sys.stderr)
+    return proc
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -68,6 +105,7 @@ def dev(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     valkey = None
+    sandbox = _start_sandbox(env) if not env.get("CODAT_API_KEY") else None
     if not env.get("REDIS_URL"):
         valkey = devmode.start_valkey()
         env["REDIS_URL"] = valkey.connection_url
@@ -89,8 +127,62 @@ def dev(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if sandbox is not None:
+            sandbox.terminate()
         if valkey is not None:
             valkey.stop()
+
+
+def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from service.queue import connect
+
+    settings = _settings(require_secrets=False)
+
+    async def run() -> Any:
+        redis = connect(settings.redis_url)
+        try:
+            return await action(redis)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def connection(args: argparse.Namespace) -> int:
+    from service.connections import ConnectionStore
+
+    state = _with_redis(lambda redis: ConnectionStore(redis).get(args.connection_id))
+    if state is None:
+        print(f"no state for connection {args.connection_id}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def dead_letters(args: argparse.Namespace) -> int:
+    from service.deadletters import DeadLetters
+
+    if args.action == "list":
+        letters = _with_redis(lambda redis: DeadLetters(redis).list(args.limit))
+        for letter in letters:
+            event = letter["event"]
+            print(orjson.dumps({k: letter[k] for k in ("id", "reason", "status", "error", "attempts")}
+                               | {"eventType": event["event_type"], "webhookId": event["message_id"],
+                                  "connectionId": event["connection_id"]}).decode())
+        return 0
+    if not args.id:
+        print("dead-letters replay needs a dead letter id", file=sys.stderr)
+        return 2
+    job_id = _with_redis(lambda redis: DeadLetters(redis).replay(args.id))
+    if job_id is None:
+        print(f"no dead letter {args.id}", file=sys.stderr)
+        return 1
+    print(f"replayed {args.id} as job {job_id}")
+    return 0
+
+
+def sandbox(args: argparse.Namespace) -> int:
+    return subprocess.call([sys.executable, "-m", "sandbox", "--port", str(args.port)])
 
 
 def secret(args: argparse.Namespace) -> int:
@@ -118,6 +210,20 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("secret", help="print the dev signing secret (made on first use)")
     p.set_defaults(func=secret)
+
+    p = commands.add_parser("connection", help="show a connection's reconciled state")
+    p.add_argument("connection_id")
+    p.set_defaults(func=connection)
+
+    p = commands.add_parser("dead-letters", help="list dead letters, or replay one by id")
+    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument("id", nargs="?", help="the dead letter to replay")
+    p.add_argument("--limit", type=int, default=100, help="how many to list, newest first")
+    p.set_defaults(func=dead_letters)
+
+    p = commands.add_parser("sandbox", help="run the local Codat API (sandbox/) on loopback")
+    p.add_argument("--port", type=int, default=8400)
+    p.set_defaults(func=sandbox)
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

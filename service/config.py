@@ -32,6 +32,8 @@ class Settings:
     codat_base_url: str = "https://api.codat.io"
     sync_data_types: tuple[str, ...] = ()
     ops_token: str | None = field(default=None, repr=False)
+    job_timeout_seconds: int = 60
+    retry_base_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "json"
     port: int = 8000
@@ -75,6 +77,8 @@ class Settings:
             codat_base_url=env.get("CODAT_BASE_URL", "https://api.codat.io").rstrip("/"),
             sync_data_types=_split(env.get("CODAT_SYNC_DATA_TYPES", "")),
             ops_token=env.get("OPS_TOKEN") or None,
+            job_timeout_seconds=_int(env, "WORKER_JOB_TIMEOUT", 60, minimum=5),
+            retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),

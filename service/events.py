@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -87,6 +88,25 @@ class Event:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
         return cls(**data)
+
+    @property
+    def generated_ms(self) -> int | None:
+        """When Codat generated the event, or None when that cannot be known from it."""
+        return parse_time_ms(self.generated_date)
+
+
+def parse_time_ms(value: Any) -> int | None:
+    """An ISO 8601 time as epoch ms; None for anything else (Codat's own examples include a
+    time of day with 99 seconds). A time without a zone is UTC, as Codat's are."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
 
 
 def parse(body: bytes, message_id: str | None, received_at_ms: int) -> Event:

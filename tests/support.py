@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"current-test-signing-secret-0001").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"previous-test-signing-secret-002").decode()
 LEGACY_AUTH = "Bearer legacy-rule-webhook-token-7f3a"
+OPS_TOKEN = "ops-test-token-5d1e9a"
+SANDBOX_KEY = "sandbox-test-key-77ab"
 
 
 def free_port() -> int:
@@ -115,6 +117,7 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         CODAT_WEBHOOK_SECRETS=f"{SECRET},{OLD_SECRET}",
         CODAT_WEBHOOK_AUTH=LEGACY_AUTH,
+        OPS_TOKEN=OPS_TOKEN,
         LOG_FORMAT="json",
         LOG_LEVEL="info",
         PYTHONUNBUFFERED="1",
@@ -156,3 +159,123 @@ def catalogue_examples() -> list[tuple[str, str, dict[str, Any]]]:
                 event_type = legacy_schema_to_type[schema_name]
                 found.append((f"{event_type}/legacy-{index}", event_type, example))
     return found
+
+
+
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class SandboxControl:
+    """The local Codat API, driven and read back through its /_sandbox routes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def reset(self) -> None:
+        self.http.post("/_sandbox/reset").raise_for_status()
+
+    def seed(self, company_id: str, connection_id: str, status: str = "Linked") -> None:
+        self.http.put(f"/_sandbox/companies/{company_id}/connections/{connection_id}",
+                      json={"status": status}).raise_for_status()
+
+    def faults(self, company_id: str, *faults: dict[str, Any]) -> None:
+        self.http.put(f"/_sandbox/companies/{company_id}/faults", json=list(faults)).raise_for_status()
+
+    def calls(self, company_id: str | None = None, path_end: str = "", method: str | None = None,
+              ok: bool | None = None) -> list[dict[str, Any]]:
+        params = {"companyId": company_id} if company_id else {}
+        calls = self.http.get("/_sandbox/calls", params=params).json()
+        return [c for c in calls if c["path"].endswith(path_end) and method in (None, c["method"])
+                and (ok is None or (c["status"] is not None and c["status"] < 400) == ok)]
+
+
+class Sandbox(Service):
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        env = {**os.environ, "SANDBOX_API_KEY": SANDBOX_KEY}
+        super().__init__([], env, log_path)
+        self.args = ["--port", str(self.port)]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Sandbox:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sandbox", *self.args], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_until(lambda: _answers(f"{self.url}/_sandbox/calls"), what="sandbox up")
+        return self
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def worker_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
+    return service_env(redis_url, CODAT_BASE_URL=sandbox_url, CODAT_API_KEY=SANDBOX_KEY,
+                       WORKER_JOB_TIMEOUT="5", WORKER_RETRY_BASE_SECONDS="1", **extra)
+
+
+def example(event_type: str) -> dict[str, Any]:
+    """A fresh copy of the catalogue's first example of `event_type`."""
+    return orjson.loads(orjson.dumps(next(b for _, t, b in catalogue_examples() if t == event_type)))
+
+
+def iso_at(offset_seconds: float = 0) -> str:
+    return datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def connection_event(event_type: str, company_id: str, connection_id: str, status: str | None = None,
+                     generated: str | None = None) -> dict[str, Any]:
+    body = example(event_type)
+    body["id"] = str(uuid.uuid4())
+    body["generatedDate"] = generated or iso_at()
+    body["payload"]["referenceCompany"]["id"] = company_id
+    body["payload"]["connection"]["id"] = connection_id
+    if status:
+        body["payload"]["connection"]["status"] = status
+    return body
+
+
+def legacy_status_changed(company_id: str, connection_id: str, new: str, old: str) -> dict[str, Any]:
+    body = example("DataConnectionStatusChanged")
+    body.update(CompanyId=company_id, DataConnectionId=connection_id, AlertId=str(uuid.uuid4()))
+    body["Data"].update(dataConnectionId=connection_id, newStatus=new, oldStatus=old)
+    return body
+
+
+def deliver(client: httpx.Client, body: dict[str, Any], msg_id: str | None = None) -> httpx.Response:
+    raw = orjson.dumps(body)
+    return client.post("/webhooks/codat", content=raw, headers=sign(raw, msg_id=msg_id))
+
+
+class Workers:
+    def __init__(self, redis_url: str, sandbox_url: str, log_dir: Path) -> None:
+        self.redis_url, self.sandbox_url, self.log_dir = redis_url, sandbox_url, log_dir
+        self.running: list[Service] = []
+
+    def start(self, count: int = 1, **env: str) -> list[Service]:
+        started = []
+        for _ in range(count):
+            log_path = self.log_dir / f"worker-{len(self.running)}.log"
+            env_of_worker = worker_env(self.redis_url, self.sandbox_url, **env)
+            worker = Service(["worker"], env_of_worker, log_path).start()
+            self.running.append(worker)
+            started.append(worker)
+        return started
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [line for worker in self.running for line in worker.logs()]
+
+    def stop(self) -> None:
+        for worker in self.running:
+            worker.stop()

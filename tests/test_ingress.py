@@ -17,6 +17,7 @@ import redis
 from tests.support import (
     LEGACY_AUTH,
     OLD_SECRET,
+    OPS_TOKEN,
     SECRET,
     Web,
     catalogue_examples,
@@ -257,7 +258,7 @@ def test_no_secret_reaches_the_log(web: Web, client: httpx.Client, store: redis.
     post(client, orjson.dumps(CONNECTED), sign(orjson.dumps(CONNECTED)))
     text = web.log_path.read_text()
     assert "webhook.accepted" in text
-    for secret in (SECRET, OLD_SECRET, LEGACY_AUTH, SECRET.removeprefix("whsec_")):
+    for secret in (SECRET, OLD_SECRET, LEGACY_AUTH, SECRET.removeprefix("whsec_"), OPS_TOKEN):
         assert secret not in text
 
 

@@ -1,14 +1,53 @@
-"""The one arq job: a normalised Codat event, routed by its type."""
+"""The one arq job: a normalised Codat event, routed by its type, and what happens when the
+Codat API does not cooperate:
+
+- paused by client.rateLimit.reached: deferred until the expiry (a reset wakes it sooner)
+- 429: deferred by Retry-After
+- 5xx, timeout, connection error: retried with exponential backoff and jitter
+- any other 4xx, or out of tries: a dead letter, replayable
+- a bug (any other exception): a dead letter too, never a lost event
+
+Deferring is arq's Retry: the job goes back on the queue with a later score, so no worker slot
+is ever held sleeping.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from arq import Retry
 
+from service.connections import now_ms
+from service.deadletters import DeadLetters
 from service.events import CONNECTION_EVENTS, RATE_LIMIT_EVENTS, SYNC_EVENTS, Event
+from workers import connection_events, rate_limit, sync_events
+from workers.codat import CodatError, RateLimited, Rejected, Unavailable
 
 log = structlog.get_logger("workers.jobs")
+
+# Tries of any kind (crashes, deferrals, retries) before a job becomes a dead letter. arq's own
+# max_tries is set one higher (workers.settings) so that this policy, not arq, has the last word.
+MAX_TRIES = 12
+MAX_BACKOFF_SECONDS = 300.0
+
+
+async def _recorded(ctx: dict[str, Any], event: Event) -> str:
+    log.info("event.recorded")
+    return "recorded"
+
+
+Handler = Callable[[dict[str, Any], Event], Awaitable[str]]
+HANDLERS: dict[str, Handler] = {
+    "connection": connection_events.handle,
+    "sync": sync_events.handle,
+    "rate_limit": rate_limit.handle,
+    "recorded": _recorded,
+    "unknown": _recorded,
+}
 
 
 def route_of(event: Event) -> str:
@@ -21,15 +60,56 @@ def route_of(event: Event) -> str:
     return "recorded" if event.known else "unknown"
 
 
+def backoff_seconds(job_try: int, base: float) -> float:
+    """Exponential, capped, with "equal jitter": half fixed, half random, so that a burst of
+    failures does not come back as a burst."""
+    ceiling = min(MAX_BACKOFF_SECONDS, base * 2 ** max(0, job_try - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
 async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     event = Event.from_dict(record)
+    job_try: int = ctx.get("job_try", 1)
     structlog.contextvars.bind_contextvars(
-        webhook_id=event.message_id,
-        event_type=event.event_type,
-        company_id=event.company_id,
-        connection_id=event.connection_id,
-        job_try=ctx.get("job_try"),
+        webhook_id=event.message_id, event_type=event.event_type, company_id=event.company_id,
+        connection_id=event.connection_id, job_id=ctx.get("job_id"), job_try=job_try,
     )
     route = route_of(event)
-    log.info("event.processed", route=route)
-    return route
+    try:
+        # Inside arq's own job timeout, so that a hung call is retried here rather than
+        # failed by arq (which would neither retry it nor keep it).
+        async with asyncio.timeout(ctx["call_budget_seconds"]):
+            outcome = await HANDLERS[route](ctx, event)
+    except rate_limit.Paused as exc:
+        await rate_limit.remember_deferred(ctx["redis"], ctx["job_id"])
+        return await _defer(ctx, event, record, (exc.until_ms - now_ms()) / 1000, "rate_limit_paused", exc)
+    except RateLimited as exc:
+        return await _defer(ctx, event, record, exc.retry_after, "rate_limited", exc)
+    except (Unavailable, TimeoutError) as exc:
+        delay = backoff_seconds(job_try, ctx["settings"].retry_base_seconds)
+        return await _defer(ctx, event, record, delay, "codat_unavailable", exc)
+    except Rejected as exc:
+        return await _dead_letter(ctx, record, "codat_rejected", exc)
+    except Exception as exc:
+        log.exception("job.failed_unexpectedly")
+        return await _dead_letter(ctx, record, "unexpected_error", exc)
+    log.info("event.processed", route=route, outcome=outcome)
+    return outcome
+
+
+async def _defer(ctx: dict[str, Any], event: Event, record: dict[str, Any], seconds: float, reason: str,
+                 exc: BaseException) -> str:
+    if ctx.get("job_try", 1) >= MAX_TRIES:
+        return await _dead_letter(ctx, record, f"{reason}_out_of_tries", exc)
+    seconds = max(0.0, seconds)
+    log.warning("job.deferred", reason=reason, retry_in_seconds=round(seconds, 3), error=str(exc))
+    raise Retry(defer=seconds)
+
+
+async def _dead_letter(ctx: dict[str, Any], record: dict[str, Any], reason: str, exc: BaseException) -> str:
+    letters: DeadLetters = ctx["dead_letters"]
+    status = exc.status if isinstance(exc, CodatError) else None
+    letter_id = await letters.add(record, reason=reason, error=str(exc) or type(exc).__name__,
+                                  job_id=ctx.get("job_id"), attempts=ctx.get("job_try"), status=status)
+    log.error("job.dead_lettered", reason=reason, dead_letter_id=letter_id, status=status, error=str(exc))
+    return "dead_lettered"

@@ -1,4 +1,5 @@
-"""arq settings: a plain class, as arq expects. Redis comes from REDIS_URL (see service.cli)."""
+"""arq settings: a plain class, as arq expects. Redis, the job timeout and everything the jobs
+share are filled in from the environment by `codat-webhooks worker` (service.cli)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,30 @@ from typing import Any
 import orjson
 import structlog
 
+from service.config import Settings
+from service.connections import ConnectionStore
+from service.deadletters import DeadLetters
 from service.queue import JOB_TTL_MS, QUEUE_NAME
-from workers.jobs import process_event
+from workers.codat import CodatClient
+from workers.jobs import MAX_TRIES, process_event
+from workers.rate_limit import RateLimitGate
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    redis = ctx["redis"]
+    ctx["connections"] = ConnectionStore(redis)
+    ctx["dead_letters"] = DeadLetters(redis)
+    ctx["codat"] = CodatClient(settings.codat_base_url, settings.codat_api_key or "",
+                               before_call=RateLimitGate(redis))
+    # arq runs a job killed with its worker again once its in-progress key expires, after the
+    # job timeout + 10 s: the initial-sync claim is leased for exactly as long.
+    ctx["lease_ms"] = (settings.job_timeout_seconds + 10) * 1000
+    ctx["call_budget_seconds"] = settings.job_timeout_seconds - 2
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["codat"].aclose()
 
 
 async def clear_job_context(ctx: dict[str, Any]) -> None:
@@ -18,14 +41,16 @@ async def clear_job_context(ctx: dict[str, Any]) -> None:
 class WorkerSettings:
     functions = [process_event]
     queue_name = QUEUE_NAME
+    on_startup = startup
+    on_shutdown = shutdown
+    on_job_start = clear_job_context
     # The web process writes jobs as JSON (service.queue); results and retries use the same.
     job_serializer = orjson.dumps
     job_deserializer = orjson.loads
     # arq's default 0.5 s poll would dominate the time from webhook to Codat call.
     poll_delay = 0.05
     max_jobs = 20
-    job_timeout = 60
+    max_tries = MAX_TRIES + 1
     keep_result = 60
     expires_extra_ms = JOB_TTL_MS
-    on_job_start = clear_job_context
     health_check_interval = 10

@@ -1,0 +1,104 @@
+"""The sandbox's in-memory Codat: companies, their connections and pull operations, every call
+received, and the faults a test has switched on per company."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# What `data/all` queues for each linked connection (a typical accounting set).
+DEFAULT_DATA_TYPES = ("company", "chartOfAccounts", "invoices", "bills", "customers", "suppliers")
+PLATFORMS = {"mqjo": "Sandbox", "gbol": "Xero", "pdvj": "Sage 50 (UK & Ireland)"}
+
+
+def now_iso() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class Fault:
+    """The next `times` calls whose path contains `match` answer `status` (with Retry-After
+    for a 429), or are answered `delay` seconds late."""
+
+    status: int | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    times: int = 1
+    match: str = ""
+
+
+@dataclass
+class Company:
+    id: str
+    name: str
+    description: str | None
+    platform: str
+    created: str
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pulls: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self, link_base: str) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "description": self.description, "platform": self.platform,
+            "redirect": f"{link_base}/link/{self.id}", "lastSync": None, "created": self.created,
+            "dataConnections": list(self.connections.values()),
+        }
+
+
+class Sandbox:
+    def __init__(self) -> None:
+        self.companies: dict[str, Company] = {}
+        self.calls: list[dict[str, Any]] = []
+        self.faults: dict[str, list[Fault]] = {}
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def add_company(self, name: str, description: str | None = None, platform_key: str | None = None,
+                    company_id: str | None = None) -> Company:
+        company = Company(
+            id=company_id or str(uuid.uuid4()), name=name, description=description,
+            platform=PLATFORMS.get(platform_key or "", ""), created=now_iso(),
+        )
+        self.companies[company.id] = company
+        return company
+
+    def put_connection(self, company: Company, connection_id: str | None = None, status: str = "PendingAuth",
+                       platform_key: str = "mqjo", link_base: str = "") -> dict[str, Any]:
+        connection_id = connection_id or str(uuid.uuid4())
+        existing = company.connections.get(connection_id)
+        connection = existing or {
+            "id": connection_id, "integrationId": str(uuid.uuid4()), "integrationKey": platform_key,
+            "sourceId": str(uuid.uuid4()), "platformName": PLATFORMS.get(platform_key, platform_key),
+            "linkUrl": f"{link_base}/companies/{company.id}/connections/{connection_id}/start",
+            "status": status, "lastSync": None, "created": now_iso(), "sourceType": "Accounting",
+        }
+        connection["status"] = status
+        company.connections[connection_id] = connection
+        return connection
+
+    def queue_pull(self, company: Company, connection_id: str, data_type: str) -> dict[str, Any]:
+        pull = {
+            "id": str(uuid.uuid4()), "companyId": company.id, "connectionId": connection_id,
+            "dataType": data_type, "status": "Initial", "requested": now_iso(), "progress": 0,
+            "isCompleted": False, "isErrored": False, "statusDescription": None, "errorMessage": None,
+        }
+        company.pulls.append(pull)
+        return pull
+
+    def record(self, method: str, path: str, query: str, company_id: str | None) -> dict[str, Any]:
+        """Logged when it arrives, so a call still in flight is counted; its status follows."""
+        call = {"method": method, "path": path, "query": query, "companyId": company_id,
+                "at": time.time(), "status": None}
+        self.calls.append(call)
+        return call
+
+    def take_fault(self, company_id: str | None, path: str) -> Fault | None:
+        for fault in self.faults.get(company_id or "", []):
+            if fault.times > 0 and fault.match in path:
+                fault.times -= 1
+                return fault
+        return None

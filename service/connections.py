@@ -1,0 +1,139 @@
+"""Reconciled connection state: one Redis hash per connection, changed only by scripts.
+
+Deliveries arrive late, twice and out of order, and several workers run at once, so every
+change is a compare-and-set inside Redis: a status is written only by an event newer than the
+one that wrote the current status. The same hash holds the claim that makes a connection's
+initial sync happen once: a worker takes it (owner + lease) before calling Codat and settles
+it after; a claim found again by its owner, or found expired, means a call whose outcome is in
+doubt (the worker died or timed out mid-call), and the new owner must look before it calls.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+STATUSES = frozenset({"PendingAuth", "Linked", "Unlinked", "Deauthorized", "Deleted"})
+
+# ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1": Codat's
+# own answer, which is the truth as of now). Returns {outcome, status now}.
+_APPLY = """
+local current = redis.call('HGET', KEYS[1], 'status')
+local current_at = tonumber(redis.call('HGET', KEYS[1], 'statusAt') or '-1')
+local at = tonumber(ARGV[2])
+if ARGV[7] == '1' then
+  at = math.max(at, current_at)
+elseif at < current_at then
+  return {'stale', current}
+elseif at == current_at and current and current ~= ARGV[1] then
+  return {'tied', current}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'statusAt', at, 'companyId', ARGV[3],
+           'connectionId', ARGV[4], 'lastEventType', ARGV[5], 'updatedAt', ARGV[6])
+return {'applied', ARGV[1]}
+"""
+
+# ARGV: owner, now (ms), lease (ms). Only a connection that is Linked now may be synced.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'Linked' then return 'not_linked' end
+local state = redis.call('HGET', KEYS[1], 'initialSync')
+local now = tonumber(ARGV[2])
+if state == 'requested' then return 'done' end
+if state == 'claimed' then
+  local owner = redis.call('HGET', KEYS[1], 'initialSyncOwner')
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'initialSyncLeaseUntil') or '0')
+  if owner ~= ARGV[1] and lease > now then return 'busy' end
+  redis.call('HSET', KEYS[1], 'initialSyncOwner', ARGV[1], 'initialSyncLeaseUntil', now + ARGV[3])
+  return 'in_doubt'
+end
+redis.call('HSET', KEYS[1], 'initialSync', 'claimed', 'initialSyncOwner', ARGV[1],
+           'initialSyncLeaseUntil', now + ARGV[3], 'initialSyncClaimedAt', now)
+return 'claimed'
+"""
+
+# ARGV: owner, now (ms). Settle (requested) or release (forget) a claim, if still the owner's.
+_SETTLE = """
+if redis.call('HGET', KEYS[1], 'initialSyncOwner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'initialSync', 'requested', 'initialSyncRequestedAt', ARGV[2])
+redis.call('HDEL', KEYS[1], 'initialSyncOwner', 'initialSyncLeaseUntil')
+return 1
+"""
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'initialSyncOwner') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'initialSync', 'initialSyncOwner', 'initialSyncLeaseUntil',
+           'initialSyncClaimedAt')
+return 1
+"""
+
+
+def key(connection_id: str) -> str:
+    return f"codat:connection:{connection_id}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ConnectionStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._apply = redis.register_script(_APPLY)
+        self._claim = redis.register_script(_CLAIM)
+        self._settle = redis.register_script(_SETTLE)
+        self._release = redis.register_script(_RELEASE)
+
+    async def apply(self, *, connection_id: str, company_id: str, status: str, at_ms: int, event_type: str,
+                    authoritative: bool = False) -> tuple[str, str | None]:
+        """Write `status` as of `at_ms` unless a newer event wrote the current one.
+        Returns ("applied" | "stale" | "tied", the status now)."""
+        outcome, current = await self._apply(
+            keys=[key(connection_id)],
+            args=[status, at_ms, company_id, connection_id, event_type, now_ms(), int(authoritative)],
+        )
+        return _text(outcome), _text(current) if current else None
+
+    async def claim_initial_sync(self, connection_id: str, owner: str, lease_ms: int) -> str:
+        """"claimed", "in_doubt" (call outcome unknown: look first), "busy", "done" or "not_linked"."""
+        return _text(await self._claim(keys=[key(connection_id)], args=[owner, now_ms(), lease_ms]))
+
+    async def settle_initial_sync(self, connection_id: str, owner: str) -> bool:
+        return bool(await self._settle(keys=[key(connection_id)], args=[owner, now_ms()]))
+
+    async def release_initial_sync(self, connection_id: str, owner: str) -> bool:
+        return bool(await self._release(keys=[key(connection_id)], args=[owner, now_ms()]))
+
+    async def claimed_at(self, connection_id: str) -> int | None:
+        value = await self._redis.hget(key(connection_id), "initialSyncClaimedAt")
+        return int(value) if value is not None else None
+
+    async def get(self, connection_id: str) -> dict[str, Any] | None:
+        """The reconciled state, as /ops shows it."""
+        raw = await self._redis.hgetall(key(connection_id))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        requested = fields.get("initialSyncRequestedAt")
+        status_at = fields.get("statusAt")
+        return {
+            "connectionId": fields.get("connectionId", connection_id),
+            "companyId": fields.get("companyId"),
+            "status": fields.get("status"),
+            "statusAt": iso(int(status_at)) if status_at else None,
+            "lastEventType": fields.get("lastEventType"),
+            "updatedAt": iso(int(fields["updatedAt"])) if fields.get("updatedAt") else None,
+            "initialSync": fields.get("initialSync"),
+            "initialSyncRequestedAt": iso(int(requested)) if requested else None,
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,117 @@
+"""The Codat API, as far as the workers call it.
+
+httpx, not the official `codat-platform` SDK. The SDK is async and takes a server URL, but it
+retries by sleeping inside the call (holding a worker slot, where a 429 must defer the job), its
+errors do not carry Retry-After in a form a job can act on, and it brings a pydantic model layer
+for four endpoints. Here every failure is sorted into one of three kinds the job policy acts on:
+
+- RateLimited: 429. Defer the job by Retry-After.
+- Unavailable: 5xx, timeout, connection error. Retry with backoff. The request may have been
+  carried out (a timeout after sending, a 504 from a gateway), so a caller that must not repeat
+  it treats the outcome as in doubt.
+- Rejected: any other 4xx. Permanent: no retries.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
+
+
+class CodatError(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RateLimited(CodatError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+class Unavailable(CodatError):
+    pass
+
+
+class Rejected(CodatError):
+    pass
+
+
+class CodatClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        before_call: Callable[[], Awaitable[None]] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        token = base64.b64encode(api_key.encode()).decode()
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Basic {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=3.0),
+        )
+        # Run before every call: the rate-limit pause raises from here (workers.rate_limit).
+        self._before_call = before_call
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get_connection(self, company_id: str, connection_id: str) -> dict[str, Any] | None:
+        """The connection as Codat has it now; None if Codat no longer knows it (deleted)."""
+        try:
+            return (await self._call("GET", f"/companies/{company_id}/connections/{connection_id}")).json()
+        except Rejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def refresh_all(self, company_id: str) -> None:
+        await self._call("POST", f"/companies/{company_id}/data/all")
+
+    async def refresh_data_type(self, company_id: str, connection_id: str, data_type: str) -> dict[str, Any]:
+        response = await self._call("POST", f"/companies/{company_id}/data/queue/{data_type}",
+                                    params={"connectionId": connection_id})
+        return response.json()
+
+    async def pull_history(self, company_id: str, page_size: int = 200) -> list[dict[str, Any]]:
+        """The company's most recent pull operations, newest first."""
+        response = await self._call("GET", f"/companies/{company_id}/data/history",
+                                    params={"page": 1, "pageSize": page_size, "orderBy": "-requested"})
+        results = response.json().get("results")
+        return results if isinstance(results, list) else []
+
+    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        if self._before_call is not None:
+            await self._before_call()
+        operation = f"{method} {path}"
+        try:
+            response = await self._http.request(method, path, params=params)
+        except httpx.TimeoutException as exc:
+            raise Unavailable(f"{operation}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{operation}: {type(exc).__name__}") from exc
+        status = response.status_code
+        if status < 400:
+            return response
+        detail = f"{operation}: HTTP {status} {response.text[:200]}"
+        if status == 429:
+            raise RateLimited(detail, _retry_after(response.headers.get("retry-after")))
+        if status >= 500:
+            raise Unavailable(detail, status)
+        raise Rejected(detail, status)
+
+
+def _retry_after(value: str | None) -> float:
+    # Codat sends seconds. An HTTP date, or nothing usable, gets a conservative default.
+    try:
+        return max(0.0, float(value)) if value is not None else DEFAULT_RETRY_AFTER_SECONDS
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_SECONDS

@@ -1,0 +1,147 @@
+"""Connection events drive each connection's state; its first link requests its initial sync.
+
+- An event newer (by `generatedDate`) than the one behind the current state moves it; an older
+  one is logged and dropped.
+- Where the order cannot be decided (legacy events carry no date, a date that cannot be read,
+  two events of the same instant that disagree), Codat's own answer to GET connection is the
+  truth, as of now.
+- The first time a connection is known to be Linked, its initial sync is requested once
+  (`data/all`, or `data/queue/{dataType}` per CODAT_SYNC_DATA_TYPES), under the claim kept in
+  service.connections.
+- `connection.reconnected` re-links a connection that was linked before: it moves the state to
+  Linked but never requests an initial sync (that connection's first sync happened at its first
+  link; Codat's own sync schedule carries on from there), even when this service never saw that
+  first link.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from service.connections import STATUSES, ConnectionStore, now_ms
+from service.events import Event, parse_time_ms
+from workers.codat import CodatClient, RateLimited, Rejected
+from workers.rate_limit import Paused
+
+log = structlog.get_logger("workers.connection_events")
+
+_STATUS_OF_TYPE = {
+    "connection.connected": "Linked",
+    "connection.reconnected": "Linked",
+    "connection.deleted": "Deleted",
+}
+# When the pulls were requested must be read against this service's own clock: allow for skew.
+_CLOCK_SKEW_MS = 60_000
+
+
+def claimed_status(event: Event) -> str | None:
+    """The status the event says the connection has, if the event can be taken at its word."""
+    if event.legacy:
+        return None  # no generatedDate: order undecidable, Codat decides
+    if event.event_type in _STATUS_OF_TYPE:
+        return _STATUS_OF_TYPE[event.event_type]
+    payload = event.body.get("payload")
+    connection = payload.get("connection") if isinstance(payload, dict) else None
+    status = connection.get("status") if isinstance(connection, dict) else None
+    return status if status in STATUSES else None
+
+
+async def handle(ctx: dict[str, Any], event: Event) -> str:
+    store: ConnectionStore = ctx["connections"]
+    codat: CodatClient = ctx["codat"]
+    if not event.company_id or not event.connection_id:
+        log.warning("connection.event_without_ids")
+        return "ignored"
+    ids = {"connection_id": event.connection_id, "company_id": event.company_id}
+    status, at = claimed_status(event), event.generated_ms
+    outcome, now_status = "undecided", None
+    if status is not None and at is not None:
+        outcome, now_status = await store.apply(status=status, at_ms=at, event_type=event.event_type, **ids)
+    if outcome in ("undecided", "tied"):
+        truth = await codat.get_connection(event.company_id, event.connection_id)
+        status = truth.get("status") if truth else "Deleted"
+        if status not in STATUSES:
+            log.error("connection.unreadable_status_from_codat", status=status)
+            return "ignored"
+        outcome, now_status = await store.apply(status=status, at_ms=now_ms(), event_type=event.event_type,
+                                                authoritative=True, **ids)
+        log.info("connection.status_from_codat", status=status, reason=outcome)
+    if outcome == "stale":
+        log.info("connection.stale_event", claimed_status=status, status=now_status)
+        return "stale"
+    _log_status(event, now_status)
+    if now_status == "Linked" and event.event_type != "connection.reconnected":
+        return await request_initial_sync(ctx, event)
+    return now_status or "unknown"
+
+
+def _log_status(event: Event, status: str | None) -> None:
+    if event.event_type == "connection.failed":
+        payload = event.body.get("payload")
+        connection = payload.get("connection") if isinstance(payload, dict) else None
+        errors = connection.get("dataConnectionErrors") if isinstance(connection, dict) else None
+        log.warning("connection.link_failed", status=status, errors=errors)
+    elif status in ("Deauthorized", "Unlinked"):
+        # The business must relink before any new data can be pulled.
+        log.warning("connection.needs_relink", status=status)
+    else:
+        log.info("connection.status", status=status)
+
+
+async def request_initial_sync(ctx: dict[str, Any], event: Event) -> str:
+    store: ConnectionStore = ctx["connections"]
+    codat: CodatClient = ctx["codat"]
+    company_id, connection_id = str(event.company_id), str(event.connection_id)
+    owner = ctx["job_id"]
+    claim = await store.claim_initial_sync(connection_id, owner, ctx["lease_ms"])
+    if claim in ("done", "busy", "not_linked"):
+        log.info("sync.initial_skipped", reason=claim)
+        return f"initial_sync_{claim}"
+    data_types: tuple[str, ...] = ctx["settings"].sync_data_types
+    pending = list(data_types)
+    if claim == "in_doubt":
+        claimed_at = await store.claimed_at(connection_id)
+        requested = await _requested_since(codat, company_id, connection_id, claimed_at)
+        if not data_types and requested:
+            return await _settle(store, connection_id, owner, recovered=True)
+        pending = [t for t in data_types if t not in requested]
+    done = 0
+    try:
+        if not data_types:
+            await codat.refresh_all(company_id)
+            done += 1
+        for data_type in pending:
+            await codat.refresh_data_type(company_id, connection_id, data_type)
+            done += 1
+    except (RateLimited, Rejected, Paused):
+        # Codat said no before anything was requested: the next try starts clean. Anything
+        # already requested keeps the claim, and the next try looks before it calls.
+        if done == 0 and claim == "claimed":
+            await store.release_initial_sync(connection_id, owner)
+        raise
+    return await _settle(store, connection_id, owner, recovered=claim == "in_doubt",
+                         mode="data_types" if data_types else "all", data_types=pending or None)
+
+
+async def _requested_since(codat: CodatClient, company_id: str, connection_id: str,
+                           claimed_at: int | None) -> set[str]:
+    """Data types Codat has pulls for, on this connection, requested since the claim."""
+    since = (claimed_at or 0) - _CLOCK_SKEW_MS
+    found = set()
+    for pull in await codat.pull_history(company_id):
+        requested = parse_time_ms(pull.get("requested"))
+        if pull.get("connectionId") == connection_id and requested is not None and requested >= since:
+            found.add(str(pull.get("dataType")))
+    log.info("sync.initial_in_doubt", already_requested=sorted(found))
+    return found
+
+
+async def _settle(store: ConnectionStore, connection_id: str, owner: str, **fields: Any) -> str:
+    if not await store.settle_initial_sync(connection_id, owner):
+        # Only if this job outlived its lease (job timeout > lease): another owner took over.
+        log.error("sync.initial_claim_lost")
+        return "initial_sync_claim_lost"
+    log.info("sync.initial_requested", **fields)
+    return "initial_sync_requested"
