@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,11 +18,22 @@ from tests.support import ROOT, Web, catalogue_examples, free_port, queued_event
 CONNECTED = next(body for _, t, body in catalogue_examples() if t == "connection.connected")
 
 
-def test_redis_down_is_503_with_retry_after_and_codats_retry_is_accepted(tmp_path: Path) -> None:
+@contextmanager
+def own_valkey_and_web(tmp_path: Path) -> Iterator[tuple[ValkeyServer, Web]]:
+    """A Valkey this test may stop and start (same port, same AOF), and a web process on it."""
     server = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", appendonly="yes")
     server.start()
     web = Web(service_env(server.connection_url), tmp_path / "web.log").start()
     try:
+        yield server, web
+    finally:
+        web.stop()
+        if server.is_running():
+            server.stop()
+
+
+def test_redis_down_is_503_with_retry_after_and_codats_retry_is_accepted(tmp_path: Path) -> None:
+    with own_valkey_and_web(tmp_path) as (server, web):
         body = orjson.dumps(CONNECTED)
         headers = sign(body)
         server.stop()
@@ -39,17 +52,10 @@ def test_redis_down_is_503_with_retry_after_and_codats_retry_is_accepted(tmp_pat
         store = redis.Redis(host=server.host, port=server.port)
         assert [e["message_id"] for e in queued_events(store)] == [headers["webhook-id"]]
         store.close()
-    finally:
-        web.stop()
-        if server.is_running():
-            server.stop()
 
 
 def test_accepted_events_survive_a_redis_restart(tmp_path: Path) -> None:
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", appendonly="yes")
-    server.start()
-    web = Web(service_env(server.connection_url), tmp_path / "web.log").start()
-    try:
+    with own_valkey_and_web(tmp_path) as (server, web):
         body = orjson.dumps(CONNECTED)
         headers = sign(body)
         assert httpx.post(f"{web.url}/webhooks/codat", content=body, headers=headers).status_code == 202
@@ -61,9 +67,6 @@ def test_accepted_events_survive_a_redis_restart(tmp_path: Path) -> None:
         # and the dedup record with it: Codat's late retry is still a duplicate
         assert httpx.post(f"{web.url}/webhooks/codat", content=body, headers=headers,
                           timeout=10).status_code == 200
-    finally:
-        web.stop()
-        server.stop()
 
 
 def _web_exits(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
