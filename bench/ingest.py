@@ -34,7 +34,7 @@ from bench import load
 from service.devmode import signing_secret
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = orjson.loads((ROOT / "tests" / "data" / "Webhooks.json").read_bytes())["webhooks"][
+EXAMPLE = orjson.loads((ROOT / "sandbox" / "catalogue" / "Webhooks.json").read_bytes())["webhooks"][
     "connection.connected"]["post"]["requestBody"]["content"]["application/json"]["examples"][
     "Connection connected"]["value"]
 

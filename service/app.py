@@ -19,6 +19,7 @@ from service.deadletters import DeadLetters
 from service.metrics import metrics
 from service.ops import ops_routes
 from service.queue import Intake, connect
+from service.syncs import SyncStore
 from service.verification import Verifier
 from service.webhooks import WebhookEndpoint
 
@@ -59,6 +60,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics),
     ]
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
-        routes += ops_routes(settings.ops_token, ConnectionStore(redis), DeadLetters(redis))
+        routes += ops_routes(settings.ops_token, ConnectionStore(redis), DeadLetters(redis), SyncStore(redis))
     return Starlette(routes=routes, lifespan=lifespan)
 

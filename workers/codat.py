@@ -23,6 +23,11 @@ import httpx
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 
 
+def basic_auth(api_key: str) -> str:
+    """Codat's Authorization header: "Basic " + base64 of the API key."""
+    return f"Basic {base64.b64encode(api_key.encode()).decode()}"
+
+
 class CodatError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -52,10 +57,9 @@ class CodatClient:
         before_call: Callable[[], Awaitable[None]] | None = None,
         timeout: float = 10.0,
     ) -> None:
-        token = base64.b64encode(api_key.encode()).decode()
         self._http = httpx.AsyncClient(
             base_url=base_url,
-            headers={"Authorization": f"Basic {token}", "Accept": "application/json"},
+            headers={"Authorization": basic_auth(api_key), "Accept": "application/json"},
             timeout=httpx.Timeout(timeout, connect=3.0),
         )
         # Run before every call: the rate-limit pause raises from here (workers.rate_limit).

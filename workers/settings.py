@@ -12,6 +12,7 @@ from service.config import Settings
 from service.connections import ConnectionStore
 from service.deadletters import DeadLetters
 from service.queue import JOB_TTL_MS, QUEUE_NAME
+from service.syncs import SyncStore
 from workers.codat import CodatClient
 from workers.jobs import MAX_TRIES, process_event
 from workers.rate_limit import RateLimitGate
@@ -22,6 +23,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     redis = ctx["redis"]
     ctx["connections"] = ConnectionStore(redis)
     ctx["dead_letters"] = DeadLetters(redis)
+    ctx["syncs"] = SyncStore(redis)
     ctx["codat"] = CodatClient(settings.codat_base_url, settings.codat_api_key or "",
                                before_call=RateLimitGate(redis))
     # arq runs a job killed with its worker again once its in-progress key expires, after the

@@ -1,16 +1,15 @@
-"""Sync outcomes: the latest status per company and data type, error statuses logged at error
-level under one event name (`sync.failed`) for alerting."""
+"""Sync events: each data type's outcome kept as the company's latest (service.syncs), error
+statuses logged at error level under one event name (`sync.failed`) for alerting."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import structlog
-from redis.asyncio import Redis
 
 from service.connections import now_ms
 from service.events import Event
+from service.syncs import SyncStore
 
 log = structlog.get_logger("workers.sync_events")
 
@@ -18,19 +17,6 @@ ERROR_STATUSES = frozenset({
     "FetchError", "MapError", "InternalError", "ProcessingError", "ValidationError", "AuthError",
     "RateLimitError", "PermissionsError", "PrerequisiteNotMet",
 })
-
-# KEYS: the company's hash. ARGV: data type, at (ms), record. Older news never overwrites newer.
-_RECORD = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and tonumber(cjson.decode(current)['at']) > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
-
-
-def key(company_id: str) -> str:
-    return f"codat:sync:{company_id}"
-
 
 def outcomes(event: Event) -> list[dict[str, Any]]:
     """(data type, status, connection, dataset) for each data type the event reports on."""
@@ -53,7 +39,7 @@ def outcomes(event: Event) -> list[dict[str, Any]]:
 
 
 async def handle(ctx: dict[str, Any], event: Event) -> str:
-    redis: Redis = ctx["redis"]
+    syncs: SyncStore = ctx["syncs"]
     if event.company_id is None:
         log.warning("sync.event_without_company")
         return "ignored"
@@ -68,8 +54,8 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
         if not isinstance(data_type, str) or not isinstance(status, str):
             log.warning("sync.unreadable_data_type", item=item)
             continue
-        entry = {**item, "at": at, "eventType": event.event_type, "recordedAt": now_ms()}
-        newer = await redis.eval(_RECORD, 1, key(event.company_id), data_type, at, orjson.dumps(entry))
+        entry = {**item, "eventType": event.event_type, "recordedAt": now_ms()}
+        newer = await syncs.record(event.company_id, data_type, at, entry)
         fields = {"data_type": data_type, "status": status, "connection_id": item.get("connectionId"),
                   "stale": not newer}
         if status in ERROR_STATUSES:
