@@ -105,7 +105,8 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, 
             env["CODAT_WEBHOOK_SECRETS"] = signing_secret(data_dir)
             say(f"signing secret {env['CODAT_WEBHOOK_SECRETS']} (kept in {data_dir / SECRET_FILE})")
         env.setdefault("PORT", "8000")
-        if not env.get("CODAT_API_KEY"):
+        sandbox_started = not env.get("CODAT_API_KEY")
+        if sandbox_started:
             sandbox = start_sandbox(env)
             stops.append(sandbox.terminate)
             say(f"sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given); "
@@ -113,6 +114,11 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, 
         bin_dir = Path(sys.executable).parent
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         say(f"webhooks at http://127.0.0.1:{env['PORT']}/webhooks/codat")
+        names = ["REDIS_URL", "PORT"]
+        if sandbox_started:  # the sandbox's dev key is no secret; a real API key is never printed
+            names += ["CODAT_BASE_URL", "CODAT_API_KEY"]
+        shared = " ".join(f"{name}={env[name]}" for name in names)
+        say(f"for the command-line tool in another terminal: . .venv/bin/activate && export {shared}")
         yield env
     finally:
         for stop in reversed(stops):
