@@ -16,7 +16,7 @@ from service import logs
 from service.config import Settings
 from service.connections import ConnectionStore
 from service.deadletters import DeadLetters
-from service.metrics import metrics
+from service.metrics import metrics_endpoint
 from service.ops import ops_routes
 from service.queue import Intake, connect
 from service.syncs import SyncStore
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/webhooks/codat", webhooks, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/metrics", metrics),
+        Route("/metrics", metrics_endpoint(redis)),
     ]
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
         routes += ops_routes(settings.ops_token, ConnectionStore(redis), DeadLetters(redis), SyncStore(redis))

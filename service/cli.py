@@ -23,12 +23,13 @@ def _settings(require_secrets: bool = True) -> Settings:
         return Settings.from_env(require_secrets=require_secrets)
     except ConfigError as exc:
         # One line, then out: a process manager shows it as the reason the process stopped.
-        print(f"codat-webhooks: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(_fail(str(exc))) from None
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"codat-webhooks: {message}", file=sys.stderr)
+    from service.logs import refuse
+
+    refuse(message)
     return code
 
 

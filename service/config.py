@@ -33,14 +33,20 @@ class Settings:
     sync_data_types: tuple[str, ...] = ()
     ops_token: str | None = field(default=None, repr=False)
     job_timeout_seconds: int = 60
+    worker_metrics_port: int = 0
     retry_base_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "json"
     port: int = 8000
 
     def credentials(self) -> list[str]:
-        """Every secret value the process holds, for the log redaction step."""
+        """Every secret value the process holds, and the forms it travels in, for the log
+        redaction step: a signing secret also without its whsec_ prefix, the API key also as
+        the base64 of its Basic header."""
         values = [*self.webhook_secrets, self.webhook_auth, self.codat_api_key, self.ops_token]
+        values += [secret.removeprefix("whsec_") for secret in self.webhook_secrets]
+        if self.codat_api_key:
+            values.append(base64.b64encode(self.codat_api_key.encode()).decode())
         return [value for value in values if value]
 
     @classmethod
@@ -78,6 +84,7 @@ class Settings:
             sync_data_types=_split(env.get("CODAT_SYNC_DATA_TYPES", "")),
             ops_token=env.get("OPS_TOKEN") or None,
             job_timeout_seconds=_int(env, "WORKER_JOB_TIMEOUT", 60, minimum=5),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, minimum=0),
             retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=log_format,

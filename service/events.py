@@ -89,6 +89,11 @@ class Event:
     def from_dict(cls, data: dict[str, Any]) -> Event:
         return cls(**data)
 
+    def ids(self) -> dict[str, str]:
+        """company_id / connection_id, those the event has, for log context."""
+        ids = {"company_id": self.company_id, "connection_id": self.connection_id}
+        return {name: value for name, value in ids.items() if value}
+
     @property
     def generated_ms(self) -> int | None:
         """When Codat generated the event, or None when that cannot be known from it."""

@@ -8,6 +8,7 @@ reaches stdout without passing it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -87,3 +88,22 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
         library = logging.getLogger(name)
         library.handlers[:] = []
         library.propagate = True
+    # httpx logs every request at info: the worker's own lines already say what it called.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Warnings and a crash's traceback would otherwise go to stderr as plain text.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_crash
+
+
+def _log_crash(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+    structlog.get_logger("service").critical("process.crashed", exc_info=(kind, error, traceback))
+
+
+def refuse(reason: str) -> None:
+    """The one line a process prints when it will not start: JSON unless LOG_FORMAT=console,
+    so that even this line is one a log pipeline can parse."""
+    if os.environ.get("LOG_FORMAT", "json").lower() == "console":
+        print(f"codat-webhooks: {reason}", file=sys.stderr)
+    else:
+        print(_orjson_text({"event": "process.refused_to_start", "level": "critical", "reason": reason}),
+              file=sys.stderr)

@@ -1,27 +1,53 @@
-"""Prometheus metrics of the web process.
+"""Prometheus metrics.
 
-One process, the default registry, for now. Several web or worker processes behind one
-scrape need multiprocess mode or a port each: that choice belongs with the deploy kit.
+Every process serves its own: a web process at GET /metrics, a worker on WORKER_METRICS_PORT.
+Prometheus scrapes each pod (or container), and sums across them. That is chosen over
+prometheus_client's multiprocess mode because the unit of deployment is one process per
+container: multiprocess mode needs a directory shared by the processes of one host, wiped at
+each start, and handles gauges only with per-process modes. A metrics port per process needs none
+of that, and it scales the same way the processes do (more replicas).
+
+What is true of the whole service rather than of one process (queue depth, the age of the oldest
+job that is due, dead letters, whether a worker is polling, whether Codat calls are paused) is
+read from Redis when a web process is scraped. Every web replica reports the same values, so
+alert on max() across them.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+# Web
 DELIVERIES = Counter(
     "codat_webhook_deliveries",
-    "Webhook deliveries by outcome, rejection reason and event type.",
+    "Webhook deliveries by outcome (accepted, duplicate, rejected, malformed, too_large, unavailable), "
+    "rejection reason and event type (a catalogue name, or unknown).",
     ["outcome", "reason", "event_type"],
 )
 ACK_SECONDS = Histogram(
     "codat_webhook_ack_seconds",
-    "Time from a delivery's body being read to its answer.",
+    "Time from a delivery's arrival to its answer.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0, 10.0),
 )
+QUEUE_DEPTH = Gauge("codat_queue_depth", "Jobs in the queue, due now or deferred.")
+QUEUE_OLDEST_AGE = Gauge("codat_queue_oldest_job_age_seconds", "How long the oldest job that is due has waited.")
+DEAD_LETTERS = Gauge("codat_dead_letters", "Dead letters waiting for a replay.")
+WORKER_POLLING = Gauge("codat_worker_polling", "1 while some worker's health check in Redis is fresh.")
+RATE_LIMIT_PAUSED = Gauge("codat_rate_limit_paused", "1 while outgoing Codat calls are paused.")
+REDIS_UP = Gauge("codat_redis_up", "1 if Redis answered the last scrape.")
+
+# Workers
+JOBS = Counter("codat_jobs", "Jobs by route and outcome.", ["route", "outcome"])
+JOB_SECONDS = Histogram("codat_job_duration_seconds", "Time a job ran, by route.", ["route"])
+CODAT_CALLS = Counter("codat_api_calls", "Calls to the Codat API by operation and status.", ["operation", "status"])
+CODAT_CALL_SECONDS = Histogram("codat_api_call_seconds", "Codat API call time, by operation.", ["operation"])
 
 _delivery_counters: dict[tuple[str, str, str], Any] = {}
 
@@ -36,5 +62,33 @@ def count_delivery(outcome: str, reason: str, event_type: str) -> None:
     counter.inc()
 
 
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def read_service_state(redis: Redis) -> None:
+    from service.deadletters import LETTERS
+    from service.queue import QUEUE_NAME
+    from workers.rate_limit import PAUSED_UNTIL
+
+    now_ms = time.time() * 1000
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(QUEUE_NAME)
+        pipe.zrangebyscore(QUEUE_NAME, "-inf", now_ms, start=0, num=1, withscores=True)
+        pipe.hlen(LETTERS)
+        pipe.exists(QUEUE_NAME + ":health-check")  # arq's, refreshed while a worker polls
+        pipe.exists(PAUSED_UNTIL)
+        depth, oldest, letters, polling, paused = await pipe.execute()
+    QUEUE_DEPTH.set(depth)
+    QUEUE_OLDEST_AGE.set(max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0)
+    DEAD_LETTERS.set(letters)
+    WORKER_POLLING.set(1 if polling else 0)
+    RATE_LIMIT_PAUSED.set(1 if paused else 0)
+
+
+def metrics_endpoint(redis: Redis) -> Any:
+    async def metrics(request: Request) -> Response:
+        try:
+            await read_service_state(redis)
+            REDIS_UP.set(1)
+        except (RedisError, OSError):
+            REDIS_UP.set(0)  # the other service-wide gauges keep their last values
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics

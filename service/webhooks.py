@@ -93,7 +93,9 @@ class WebhookEndpoint:
         except events.Malformed as malformed:
             return self._refuse(MALFORMED, malformed.reason, webhook_id=message_id)
 
-        structlog.contextvars.bind_contextvars(webhook_id=event.message_id, event_type=event.event_type)
+        # Every line about this delivery carries its ids; about a connection, the connection's.
+        structlog.contextvars.bind_contextvars(webhook_id=event.message_id, event_type=event.event_type,
+                                               **event.ids())
         type_label = event.event_type if event.known else "unknown"
         if not event.known:
             # Accepted all the same: a 4xx makes Codat retry and finally disable the endpoint.
@@ -106,7 +108,7 @@ class WebhookEndpoint:
             return UNAVAILABLE
         outcome = "accepted" if queued else "duplicate"
         count_delivery(outcome, "", type_label)
-        log.info(f"webhook.{outcome}", company_id=event.company_id, connection_id=event.connection_id)
+        log.info(f"webhook.{outcome}")
         return ACCEPTED if queued else DUPLICATE
 
     def _refuse(self, answer: Answer, reason: str, **fields: object) -> Answer:

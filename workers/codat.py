@@ -15,10 +15,13 @@ for four endpoints. Here every failure is sorted into one of three kinds the job
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+
+from service.metrics import CODAT_CALL_SECONDS, CODAT_CALLS
 
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 
@@ -71,41 +74,49 @@ class CodatClient:
     async def get_connection(self, company_id: str, connection_id: str) -> dict[str, Any] | None:
         """The connection as Codat has it now; None if Codat no longer knows it (deleted)."""
         try:
-            return (await self._call("GET", f"/companies/{company_id}/connections/{connection_id}")).json()
+            path = f"/companies/{company_id}/connections/{connection_id}"
+            return (await self._call("get_connection", "GET", path)).json()
         except Rejected as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def refresh_all(self, company_id: str) -> None:
-        await self._call("POST", f"/companies/{company_id}/data/all")
+        await self._call("refresh_all", "POST", f"/companies/{company_id}/data/all")
 
     async def refresh_data_type(self, company_id: str, connection_id: str, data_type: str) -> dict[str, Any]:
-        response = await self._call("POST", f"/companies/{company_id}/data/queue/{data_type}",
+        response = await self._call("refresh_data_type", "POST", f"/companies/{company_id}/data/queue/{data_type}",
                                     params={"connectionId": connection_id})
         return response.json()
 
     async def pull_history(self, company_id: str, page_size: int = 200) -> list[dict[str, Any]]:
         """The company's most recent pull operations, newest first."""
-        response = await self._call("GET", f"/companies/{company_id}/data/history",
+        response = await self._call("pull_history", "GET", f"/companies/{company_id}/data/history",
                                     params={"page": 1, "pageSize": page_size, "orderBy": "-requested"})
         results = response.json().get("results")
         return results if isinstance(results, list) else []
 
-    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    async def _call(self, operation: str, method: str, path: str,
+                    params: dict[str, Any] | None = None) -> httpx.Response:
         if self._before_call is not None:
             await self._before_call()
-        operation = f"{method} {path}"
+        started = time.perf_counter()
+        where = f"{method} {path}"
         try:
             response = await self._http.request(method, path, params=params)
         except httpx.TimeoutException as exc:
-            raise Unavailable(f"{operation}: timed out ({type(exc).__name__})") from exc
+            CODAT_CALLS.labels(operation, "timeout").inc()
+            raise Unavailable(f"{where}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            raise Unavailable(f"{operation}: {type(exc).__name__}") from exc
+            CODAT_CALLS.labels(operation, "connection_error").inc()
+            raise Unavailable(f"{where}: {type(exc).__name__}") from exc
+        finally:
+            CODAT_CALL_SECONDS.labels(operation).observe(time.perf_counter() - started)
         status = response.status_code
+        CODAT_CALLS.labels(operation, str(status)).inc()
         if status < 400:
             return response
-        detail = f"{operation}: HTTP {status} {response.text[:200]}"
+        detail = f"{where}: HTTP {status} {response.text[:200]}"
         if status == 429:
             raise RateLimited(detail, _retry_after(response.headers.get("retry-after")))
         if status >= 500:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from arq import Retry
 from service.connections import now_ms
 from service.deadletters import DeadLetters
 from service.events import CONNECTION_EVENTS, RATE_LIMIT_EVENTS, SYNC_EVENTS, Event
+from service.metrics import JOB_SECONDS, JOBS
 from workers import connection_events, rate_limit, sync_events
 from workers.codat import CodatError, RateLimited, Rejected, Unavailable
 
@@ -71,10 +73,21 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     event = Event.from_dict(record)
     job_try: int = ctx.get("job_try", 1)
     structlog.contextvars.bind_contextvars(
-        webhook_id=event.message_id, event_type=event.event_type, company_id=event.company_id,
-        connection_id=event.connection_id, job_id=ctx.get("job_id"), job_try=job_try,
+        webhook_id=event.message_id, event_type=event.event_type, job_id=ctx.get("job_id"), job_try=job_try,
+        **event.ids(),
     )
     route = route_of(event)
+    started = time.perf_counter()
+    outcome = "deferred"  # what it stays if the job is sent back to the queue (arq's Retry)
+    try:
+        outcome = await _handle(ctx, event, record, route)
+    finally:
+        JOBS.labels(route, outcome).inc()
+        JOB_SECONDS.labels(route).observe(time.perf_counter() - started)
+    return outcome
+
+
+async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:
     try:
         # Inside arq's own job timeout, so that a hung call is retried here rather than
         # failed by arq (which would neither retry it nor keep it).
@@ -86,7 +99,7 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     except RateLimited as exc:
         return await _defer(ctx, event, record, exc.retry_after, "rate_limited", exc)
     except (Unavailable, TimeoutError) as exc:
-        delay = backoff_seconds(job_try, ctx["settings"].retry_base_seconds)
+        delay = backoff_seconds(ctx.get("job_try", 1), ctx["settings"].retry_base_seconds)
         return await _defer(ctx, event, record, delay, "codat_unavailable", exc)
     except Rejected as exc:
         return await _dead_letter(ctx, record, "codat_rejected", exc)

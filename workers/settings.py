@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import structlog
+from prometheus_client import start_http_server
 
 from service.config import Settings
 from service.connections import ConnectionStore
@@ -16,6 +17,8 @@ from service.syncs import SyncStore
 from workers.codat import CodatClient
 from workers.jobs import MAX_TRIES, process_event
 from workers.rate_limit import RateLimitGate
+
+log = structlog.get_logger("workers.settings")
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -30,6 +33,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     # job timeout + 10 s: the initial-sync claim is leased for exactly as long.
     ctx["lease_ms"] = (settings.job_timeout_seconds + 10) * 1000
     ctx["call_budget_seconds"] = settings.job_timeout_seconds - 2
+    if settings.worker_metrics_port:
+        try:
+            start_http_server(settings.worker_metrics_port)
+        except OSError as exc:  # a worker without metrics still does its work
+            log.error("worker.metrics_port_unavailable", port=settings.worker_metrics_port, error=str(exc))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -53,6 +61,9 @@ class WorkerSettings:
     poll_delay = 0.05
     max_jobs = 20
     max_tries = MAX_TRIES + 1
+    # On SIGTERM, let running jobs finish this long before arq cancels them and puts them back
+    # on the queue (Kubernetes' grace period is set above it, deploy/kubernetes/worker.yaml).
+    job_completion_wait = 30
     keep_result = 60
     expires_extra_ms = JOB_TTL_MS
     health_check_interval = 10
