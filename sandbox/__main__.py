@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
@@ -14,7 +15,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8400)
     args = parser.parse_args()
-    app = create_app(public_url=f"http://{args.host}:{args.port}")
+    public = os.environ.get("SANDBOX_PUBLIC_URL", f"http://{args.host}:{args.port}")
+    app = create_app(public_url=public)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

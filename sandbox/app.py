@@ -99,7 +99,9 @@ def create_app(
     retry schedule), SANDBOX_PULL_STEP_SECONDS (time per dataset status)."""
     sandbox = sandbox or Sandbox()
     api_key = api_key or os.environ.get("SANDBOX_API_KEY", DEV_API_KEY)
-    sender = Sender(webhook_secret or os.environ.get("SANDBOX_WEBHOOK_SECRET"),
+    # A comma list (as in CODAT_WEBHOOK_SECRETS) signs with the first.
+    secret = (webhook_secret or os.environ.get("SANDBOX_WEBHOOK_SECRET") or "").split(",")[0] or None
+    sender = Sender(secret,
                     time_scale if time_scale is not None else float(os.environ.get("SANDBOX_TIME_SCALE", "0.01")))
     if webhook_url or os.environ.get("SANDBOX_WEBHOOK_URL"):
         sender.add_consumer(webhook_url or os.environ["SANDBOX_WEBHOOK_URL"])

@@ -98,7 +98,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def sandbox(args: argparse.Namespace) -> int:
-    return subprocess.call([sys.executable, "-m", "sandbox", "--port", str(args.port)])
+    return subprocess.call([sys.executable, "-m", "sandbox", "--host", args.host, "--port", str(args.port)])
 
 
 # --- talking to Codat (or the sandbox) ----------------------------------------------------------
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind")
     sub = command("worker", worker, "run the arq worker")
     sub.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    sub = command("sandbox", sandbox, "run the local Codat API (sandbox/) on loopback")
+    sub = command("sandbox", sandbox, "run the local Codat API (sandbox/)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     sub.add_argument("--port", type=int, default=8400)
 
     sub = command("send", send, "send an example event from Codat's Webhooks.json, signed, to a URL")

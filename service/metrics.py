@@ -48,6 +48,9 @@ JOBS = Counter("codat_jobs", "Jobs by route and outcome.", ["route", "outcome"])
 JOB_SECONDS = Histogram("codat_job_duration_seconds", "Time a job ran, by route.", ["route"])
 CODAT_CALLS = Counter("codat_api_calls", "Calls to the Codat API by operation and status.", ["operation", "status"])
 CODAT_CALL_SECONDS = Histogram("codat_api_call_seconds", "Codat API call time, by operation.", ["operation"])
+SYNC_OUTCOMES = Counter("codat_sync_outcomes", "Dataset outcomes reported by Codat, by data type and status.",
+                        ["data_type", "status"])
+CONNECTION_STATUSES = Counter("codat_connection_status_changes", "Connections moved to a status.", ["status"])
 
 _delivery_counters: dict[tuple[str, str, str], Any] = {}
 

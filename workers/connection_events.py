@@ -22,6 +22,7 @@ import structlog
 
 from service.connections import STATUSES, ConnectionStore, now_ms
 from service.events import Event, parse_time_ms
+from service.metrics import CONNECTION_STATUSES
 from workers.codat import CodatClient, RateLimited, Rejected
 from workers.rate_limit import Paused
 
@@ -78,6 +79,7 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
 
 
 def _log_status(event: Event, status: str | None) -> None:
+    CONNECTION_STATUSES.labels(status or "unknown").inc()
     if event.event_type == "connection.failed":
         payload = event.body.get("payload")
         connection = payload.get("connection") if isinstance(payload, dict) else None

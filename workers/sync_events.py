@@ -9,6 +9,7 @@ import structlog
 
 from service.connections import now_ms
 from service.events import Event
+from service.metrics import SYNC_OUTCOMES
 from service.syncs import SyncStore
 
 log = structlog.get_logger("workers.sync_events")
@@ -56,6 +57,7 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
             continue
         entry = {**item, "eventType": event.event_type, "recordedAt": now_ms()}
         newer = await syncs.record(event.company_id, data_type, at, entry)
+        SYNC_OUTCOMES.labels(data_type, status).inc()
         fields = {"data_type": data_type, "status": status, "connection_id": item.get("connectionId"),
                   "stale": not newer}
         if status in ERROR_STATUSES:
