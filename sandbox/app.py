@@ -67,8 +67,10 @@ class CodatFront:
         if fault and fault.status:
             call["status"] = fault.status
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-            return await _error(fault.status, "fault switched on in the sandbox", **headers)(
-                scope, receive, send)
+            # Echoes the credential, as some APIs' errors do, so that tests can prove the
+            # service's logs mask it when it comes back in an error text.
+            message = f"fault switched on in the sandbox (request had Authorization: {given.decode()})"
+            return await _error(fault.status, message, **headers)(scope, receive, send)
         held: list[Message] = []
 
         async def hold(message: Message) -> None:

