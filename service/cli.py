@@ -74,6 +74,7 @@ def worker(args: argparse.Namespace) -> int:
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         burst=args.burst,
         job_timeout=settings.job_timeout_seconds,
+        job_completion_wait=settings.shutdown_wait_seconds,
         ctx={"settings": settings},
     )
     return 0

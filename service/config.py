@@ -34,6 +34,7 @@ class Settings:
     ops_token: str | None = field(default=None, repr=False)
     job_timeout_seconds: int = 60
     worker_metrics_port: int = 0
+    shutdown_wait_seconds: int = 30
     retry_base_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "json"
@@ -85,6 +86,7 @@ class Settings:
             ops_token=env.get("OPS_TOKEN") or None,
             job_timeout_seconds=_int(env, "WORKER_JOB_TIMEOUT", 60, minimum=5),
             worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, minimum=0),
+            shutdown_wait_seconds=_int(env, "WORKER_SHUTDOWN_WAIT", 30, minimum=1),
             retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=log_format,

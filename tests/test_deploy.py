@@ -12,8 +12,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 import service.metrics  # noqa: F401  (registers every metric of both process types)
+from service.config import Settings
 from tests.support import ROOT
-from workers.settings import WorkerSettings
 
 DEPLOY = ROOT / "deploy"
 ALERTS = ("CodatWebhookRejectedSignatures", "CodatDeadLetters", "CodatDatasetFailures",
@@ -82,7 +82,8 @@ def test_kubernetes_worker_scales_on_queue_depth_and_outlasts_its_jobs() -> None
     assert container(worker)["command"] == ["codat-webhooks", "worker"]
     assert container(worker)["livenessProbe"]
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > WorkerSettings.job_completion_wait  # running jobs finish or go back on the queue
+    # running jobs finish, or go back on the queue, within the grace period
+    assert grace > Settings.shutdown_wait_seconds
     hpa = objects[("HorizontalPodAutoscaler", "codat-webhooks-worker")]
     [metric] = hpa["spec"]["metrics"]
     assert metric["type"] == "External" and metric["external"]["metric"]["name"] == "codat_queue_depth"

@@ -77,3 +77,22 @@ def test_worker_sigterm_lets_the_running_job_finish(
     assert store.hget("codat:connection:k-stop", "initialSync") == b"requested"
     assert [c["status"] for c in sandbox.calls("c-stop", "/data/all")] == [204]
     assert store.zcard("arq:queue") == 0
+
+
+def test_worker_sigterm_hands_back_a_job_that_outlasts_the_wait(
+    client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
+) -> None:
+    sandbox.seed("c-back", "k-back", "Linked")
+    sandbox.faults("c-back", {"delay": 30, "times": 1, "match": "/data/all"})
+    [first] = workers.start(1, WORKER_SHUTDOWN_WAIT="1")
+    deliver(client, connection_event("connection.connected", "c-back", "k-back"))
+    wait_until(lambda: sandbox.calls("c-back", "/data/all"), what="call in flight")
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(20) == 0
+    assert store.zcard("arq:queue") == 1  # handed back, not lost
+    workers.start(1)
+    wait_until(lambda: store.hget("codat:connection:k-back", "initialSync") == b"requested", timeout=40,
+               what="the handed-back job to finish")
+    # the cut-short call had reached Codat: the new run found it in data/history and did not repeat it
+    assert len(sandbox.calls("c-back", "/data/all")) == 1

@@ -61,9 +61,9 @@ class WorkerSettings:
     poll_delay = 0.05
     max_jobs = 20
     max_tries = MAX_TRIES + 1
-    # On SIGTERM, let running jobs finish this long before arq cancels them and puts them back
-    # on the queue (Kubernetes' grace period is set above it, deploy/kubernetes/worker.yaml).
-    job_completion_wait = 30
+    # On SIGTERM, running jobs get WORKER_SHUTDOWN_WAIT (30 s) to finish before arq cancels them
+    # and puts them back on the queue: `job_completion_wait`, set by service.cli from Settings.
+    # Kubernetes' grace period is set above it (deploy/kubernetes/worker.yaml).
     keep_result = 60
     expires_extra_ms = JOB_TTL_MS
     health_check_interval = 10
