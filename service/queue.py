@@ -94,6 +94,8 @@ def serialize_job(function: str, args: list[Any], enqueue_time_ms: int) -> bytes
 
 
 _Pending = tuple[str, str, str, bytes, int, "asyncio.Future[bool]"]
+# A script call blocks Redis while it runs: a burst goes out in calls of at most this many.
+MAX_BATCH = 256
 
 
 class Intake:
@@ -118,7 +120,7 @@ class Intake:
 
     async def _flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             keys: list[Any] = [QUEUE_NAME]
             args: list[Any] = [DEDUP_TTL_SECONDS, JOB_TTL_MS]
             for seen_key, job_key, jid, job, score, _ in batch:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import socket
 import time
 import uuid
 
@@ -23,6 +24,7 @@ from tests.support import (
     catalogue_examples,
     queued_events,
     sign,
+    wait_until,
 )
 
 EXAMPLES = catalogue_examples()
@@ -277,3 +279,16 @@ def test_log_context_of_one_delivery_never_reaches_the_next(
 
 def test_other_methods_are_405(client: httpx.Client) -> None:
     assert client.get(PATH).status_code == 405
+
+
+def test_sender_hanging_up_mid_body_costs_nothing(web: Web, store: redis.Redis) -> None:
+    body = orjson.dumps(CONNECTED)
+    headers = sign(body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    since = web.log_offset()
+    with socket.create_connection(("127.0.0.1", web.port)) as sock:
+        sock.sendall(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
+                     + body[:50])
+    wait_until(lambda: any(line["event"] == "webhook.client_disconnected" for line in web.logs(since)),
+               timeout=10, what="the disconnect logged")
+    assert store.dbsize() == 0

@@ -42,6 +42,13 @@ def ids() -> tuple[str, str]:
     return str(uuid.uuid4()), str(uuid.uuid4())
 
 
+def linked_connection(sandbox: SandboxControl) -> tuple[str, str]:
+    """A fresh company and connection that Codat (the sandbox) has as Linked."""
+    company, connection = ids()
+    sandbox.seed(company, connection, "Linked")
+    return company, connection
+
+
 def state(client: httpx.Client, connection_id: str) -> dict | None:
     response = client.get(f"/ops/connections/{connection_id}", headers=OPS)
     return response.json() if response.status_code == 200 else None
@@ -59,8 +66,7 @@ def idle(store: redis.Redis) -> bool:
 def test_first_link_requests_one_sync_across_duplicates_and_replays(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     workers.start(1)
     connected = connection_event("connection.connected", company, connection)
     assert deliver(client, connected, msg_id="msg_a").status_code == 202
@@ -96,8 +102,7 @@ def test_out_of_order_delivery_never_overwrites_newer_state(
 def test_legacy_status_change_asks_codat_then_syncs_once(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     workers.start(1)
     body = orjson.dumps(legacy_status_changed(company, connection, "Linked", "PendingAuth"))
     headers = {"authorization": LEGACY_AUTH}
@@ -125,8 +130,7 @@ def test_unreadable_generated_date_asks_codat(
 def test_per_data_type_mode_queues_each_type_for_the_connection(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     workers.start(1, CODAT_SYNC_DATA_TYPES="invoices,bills")
     deliver(client, connection_event("connection.connected", company, connection))
     wait_until(lambda: sync_requested(client, connection), what="initial sync")
@@ -138,8 +142,7 @@ def test_per_data_type_mode_queues_each_type_for_the_connection(
 def test_429_defers_the_job_by_retry_after(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     sandbox.faults(company, {"status": 429, "retryAfter": 2, "times": 1, "match": "/data/all"})
     workers.start(1)
     deliver(client, connection_event("connection.connected", company, connection))
@@ -154,8 +157,7 @@ def test_429_defers_the_job_by_retry_after(
 def test_5xx_is_retried_with_backoff_and_syncs_once(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     sandbox.faults(company, {"status": 503, "times": 2, "match": "/data/all"})
     workers.start(1)
     deliver(client, connection_event("connection.connected", company, connection))
@@ -168,8 +170,7 @@ def test_5xx_is_retried_with_backoff_and_syncs_once(
 def test_permanent_4xx_becomes_a_dead_letter_and_replays(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     sandbox.faults(company, {"status": 403, "times": 1, "match": "/data/all"})
     workers.start(1)
     deliver(client, connection_event("connection.connected", company, connection))
@@ -214,8 +215,7 @@ def test_two_workers_many_connections_every_event_twice(
 def test_worker_killed_mid_call_runs_the_job_again_and_syncs_once(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     sandbox.faults(company, {"delay": 30, "times": 1, "match": "/data/all"})  # a call in flight
     [first] = workers.start(1)
     deliver(client, connection_event("connection.connected", company, connection))
@@ -233,8 +233,7 @@ def test_worker_killed_mid_call_runs_the_job_again_and_syncs_once(
 def test_rate_limit_pause_defers_calls_until_expiry(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     workers.start(1)
     reached = example("client.rateLimit.reached")
     reached["payload"]["expiryDate"] = iso_at(3)
@@ -252,8 +251,7 @@ def test_rate_limit_pause_defers_calls_until_expiry(
 def test_rate_limit_reset_resumes_deferred_calls_at_once(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     workers.start(1)
     reached = example("client.rateLimit.reached")
     reached["payload"]["expiryDate"] = iso_at(3600)
@@ -342,8 +340,7 @@ def test_worker_refuses_to_start_without_an_api_key() -> None:
 def test_cli_shows_connections_and_lists_and_replays_dead_letters(
     client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
+    company, connection = linked_connection(sandbox)
     sandbox.faults(company, {"status": 400, "times": 1, "match": "/data/all"})
     workers.start(1)
     deliver(client, connection_event("connection.connected", company, connection))
