@@ -40,7 +40,7 @@ _WRITE_DATA_TYPES = (
     "purchaseOrders", "billPayments", "directIncomes", "journalEntries", "chartOfAccounts",
     "billCreditNotes", "creditNotes", "customers", "journals", "transfers", "payments",
 )
-# The 67 types of Codat's catalogue (shared/codat/Webhooks.json); tests check the two agree.
+# The 67 types of Codat's catalogue (sandbox/catalogue/Webhooks.json); tests check the two agree.
 KNOWN_EVENTS = CONNECTION_EVENTS | SYNC_EVENTS | RATE_LIMIT_EVENTS | LEGACY_EVENTS | frozenset({
     "company.created", "company.deleted",
     "expenses.sync.successful", "expenses.sync.unsuccessful",

@@ -24,6 +24,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.deadletters import LETTERS
+from service.queue import QUEUE_NAME
+from workers.rate_limit import PAUSED_UNTIL
+
 # Web
 DELIVERIES = Counter(
     "codat_webhook_deliveries",
@@ -66,10 +70,6 @@ def count_delivery(outcome: str, reason: str, event_type: str) -> None:
 
 
 async def read_service_state(redis: Redis) -> None:
-    from service.deadletters import LETTERS
-    from service.queue import QUEUE_NAME
-    from workers.rate_limit import PAUSED_UNTIL
-
     now_ms = time.time() * 1000
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(QUEUE_NAME)
