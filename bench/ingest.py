@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = next(body for _, event_type, body in catalogue.examples() if event_type == "connection.connected")
 
 # The settings `codat-webhooks web` runs with, for all three alike.
-UVICORN = ["-m", "uvicorn", "--factory", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+UVICORN = ["-m", "uvicorn", "--factory", "--loop", "uvloop", "--http", "service.httpserver:BoundedHttpToolsProtocol",
+           "--no-access-log",
            "--no-proxy-headers", "--log-level", "warning", "--host", "127.0.0.1"]
 VARIANTS = {
     "ceiling": [*UVICORN, "bench.baselines:ceiling_app"],

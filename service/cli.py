@@ -38,6 +38,7 @@ def _fail(message: str, code: int = 2) -> int:
 def web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service import httpserver
     from service.app import create_app
 
     settings = _settings()
@@ -46,7 +47,8 @@ def web(args: argparse.Namespace) -> int:
         host=args.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # Either parser with the same bound on a request's head (service/httpserver.py).
+        http=httpserver.protocol(args.http),
         log_config=None,  # service.logs owns the log format
         access_log=False,  # one line per delivery is written by the endpoint itself
         # Deliveries are trusted by signature, never by address, and no line logs the peer:
@@ -59,24 +61,25 @@ def web(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     from arq.connections import RedisSettings
-    from arq.worker import run_worker
+    from arq.worker import get_kwargs
 
     from service import logs
     from workers.settings import WorkerSettings
+    from workers.worker import ResilientWorker
 
     settings = _settings(require_secrets=False)
     if not settings.codat_api_key:
         return _fail("CODAT_API_KEY is not set: give the Codat API key, or start through "
                      "`codat-webhooks dev` for the local sandbox")
     logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
-    run_worker(
-        WorkerSettings,  # type: ignore[arg-type]
+    ResilientWorker(
+        **get_kwargs(WorkerSettings),  # type: ignore[arg-type]
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         burst=args.burst,
         job_timeout=settings.job_timeout_seconds,
         job_completion_wait=settings.shutdown_wait_seconds,
         ctx={"settings": settings},
-    )
+    ).run()
     return 0
 
 
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             "initial sync was requested and its read-completed event recorded")
     sub = command("web", web, "run the web process (POST /webhooks/codat) on $PORT")
     sub.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind")
+    sub.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
+                     help="HTTP parser (default: httptools where installed, else h11)")
     sub = command("worker", worker, "run the arq worker")
     sub.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     sub = command("sandbox", sandbox, "run the local Codat API (sandbox/)")

@@ -12,43 +12,62 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
 STATUSES = frozenset({"PendingAuth", "Linked", "Unlinked", "Deauthorized", "Deleted"})
 
 # ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1": Codat's
-# own answer, which is the truth as of now). Returns {outcome, status now}.
+# own answer, which is the truth as of now), first link ("1": the event says the connection was
+# linked for the first time). The first-link mark is kept whatever the outcome: a stale
+# `connection.connected` still says the connection was once linked for the first time.
+# Returns {outcome, status now, initialSync, firstLinkSeen}.
 _APPLY = """
-local current = redis.call('HGET', KEYS[1], 'status')
-local current_at = tonumber(redis.call('HGET', KEYS[1], 'statusAt') or '-1')
+local current, current_at, sync, seen = unpack(redis.call('HMGET', KEYS[1], 'status', 'statusAt',
+                                                           'initialSync', 'firstLinkSeen'))
+current_at = tonumber(current_at or '-1')
 local at = tonumber(ARGV[2])
+local outcome = 'applied'
 if ARGV[7] == '1' then
   at = math.max(at, current_at)
 elseif at < current_at then
-  return {'stale', current}
+  outcome = 'stale'
 elseif at == current_at and current and current ~= ARGV[1] then
-  return {'tied', current}
+  outcome = 'tied'
 end
+if ARGV[8] == '1' and current and not seen then
+  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[6])
+  seen = '1'
+end
+if outcome ~= 'applied' then return {outcome, current or false, sync or false, seen or false} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'statusAt', at, 'companyId', ARGV[3],
            'connectionId', ARGV[4], 'lastEventType', ARGV[5], 'updatedAt', ARGV[6])
-return {'applied', ARGV[1]}
+if ARGV[8] == '1' and not seen then
+  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[6])
+  seen = '1'
+end
+return {outcome, ARGV[1], sync or false, seen or false}
 """
 
-# ARGV: owner, now (ms), lease (ms). Only a connection that is Linked now may be synced.
+# ARGV: owner, now (ms), lease (ms). A claim is taken only for a connection that was seen linked
+# for the first time and is Linked now. A claim left by another owner whose lease ran out (or
+# found again by its own owner: a rerun) is taken over as in doubt, whatever the status now, so
+# that no claim is ever left behind: "in_doubt" when the connection is Linked (look, then call
+# what is missing), "orphaned" when it is not (look, then settle or release; call nothing).
 _CLAIM = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'Linked' then return 'not_linked' end
-local state = redis.call('HGET', KEYS[1], 'initialSync')
+local status, state, seen, owner, lease = unpack(redis.call('HMGET', KEYS[1], 'status', 'initialSync',
+    'firstLinkSeen', 'initialSyncOwner', 'initialSyncLeaseUntil'))
 local now = tonumber(ARGV[2])
 if state == 'requested' then return 'done' end
 if state == 'claimed' then
-  local owner = redis.call('HGET', KEYS[1], 'initialSyncOwner')
-  local lease = tonumber(redis.call('HGET', KEYS[1], 'initialSyncLeaseUntil') or '0')
-  if owner ~= ARGV[1] and lease > now then return 'busy' end
+  if owner ~= ARGV[1] and tonumber(lease or '0') > now then return 'busy' end
   redis.call('HSET', KEYS[1], 'initialSyncOwner', ARGV[1], 'initialSyncLeaseUntil', now + ARGV[3])
-  return 'in_doubt'
+  if status == 'Linked' then return 'in_doubt' end
+  return 'orphaned'
 end
+if seen ~= '1' then return 'not_first_linked' end
+if status ~= 'Linked' then return 'not_linked' end
 redis.call('HSET', KEYS[1], 'initialSync', 'claimed', 'initialSyncOwner', ARGV[1],
            'initialSyncLeaseUntil', now + ARGV[3], 'initialSyncClaimedAt', now)
 return 'claimed'
@@ -83,6 +102,21 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class Applied(NamedTuple):
+    outcome: str  # "applied" | "stale" | "tied"
+    status: str | None  # the status now
+    initial_sync: str | None  # None | "claimed" | "requested"
+    first_link_seen: bool
+
+    @property
+    def initial_sync_due(self) -> bool:
+        """Worth a claim: a first-linked connection that is Linked now and never synced, or a
+        claim that may have been left behind by a failed or killed job."""
+        if self.initial_sync == "requested":
+            return False
+        return self.initial_sync == "claimed" or (self.first_link_seen and self.status == "Linked")
+
+
 class ConnectionStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -92,17 +126,20 @@ class ConnectionStore:
         self._release = redis.register_script(_RELEASE)
 
     async def apply(self, *, connection_id: str, company_id: str, status: str, at_ms: int, event_type: str,
-                    authoritative: bool = False) -> tuple[str, str | None]:
-        """Write `status` as of `at_ms` unless a newer event wrote the current one.
-        Returns ("applied" | "stale" | "tied", the status now)."""
-        outcome, current = await self._apply(
+                    authoritative: bool = False, first_link: bool = False) -> Applied:
+        """Write `status` as of `at_ms` unless a newer event wrote the current one, and keep the
+        first-link mark whatever the outcome."""
+        outcome, current, sync, seen = await self._apply(
             keys=[key(connection_id)],
-            args=[status, at_ms, company_id, connection_id, event_type, now_ms(), int(authoritative)],
+            args=[status, at_ms, company_id, connection_id, event_type, now_ms(), int(authoritative),
+                  int(first_link)],
         )
-        return _text(outcome), _text(current) if current else None
+        return Applied(_text(outcome), _text(current) if current else None,
+                       _text(sync) if sync else None, bool(seen))
 
     async def claim_initial_sync(self, connection_id: str, owner: str, lease_ms: int) -> str:
-        """"claimed", "in_doubt" (call outcome unknown: look first), "busy", "done" or "not_linked"."""
+        """"claimed", "in_doubt" (call outcome unknown: look first), "orphaned" (in doubt, and
+        not Linked now), "busy", "done", "not_first_linked" or "not_linked"."""
         return _text(await self._claim(keys=[key(connection_id)], args=[owner, now_ms(), lease_ms]))
 
     async def settle_initial_sync(self, connection_id: str, owner: str) -> bool:
@@ -130,6 +167,7 @@ class ConnectionStore:
             "statusAt": iso(int(status_at)) if status_at else None,
             "lastEventType": fields.get("lastEventType"),
             "updatedAt": iso(int(fields["updatedAt"])) if fields.get("updatedAt") else None,
+            "firstLinkSeen": fields.get("firstLinkSeen") == "1",
             "initialSync": fields.get("initialSync"),
             "initialSyncRequestedAt": iso(int(requested)) if requested else None,
         }

@@ -119,12 +119,23 @@ def parse(body: bytes, message_id: str | None, received_at_ms: int) -> Event:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise Malformed("empty_body" if not body.strip() else "not_json") from None
+        raise Malformed(_unreadable(body)) from None
     if not isinstance(data, dict):
         raise Malformed("not_an_object")
     if "RuleType" in data or "AlertId" in data:
         return _legacy(data, body, message_id, received_at_ms)
     return _new(data, body, message_id, received_at_ms)
+
+
+def _unreadable(body: bytes) -> str:
+    # Only once orjson has refused it: the hot path never decodes the body twice.
+    if not body.strip():
+        return "empty_body"
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body_not_utf8"
+    return "not_json"
 
 
 def _new(data: dict[str, Any], body: bytes, message_id: str | None, received_at_ms: int) -> Event:

@@ -88,9 +88,22 @@ def job_id(message_id: str) -> str:
     return f"event:{message_id}"
 
 
+class Unqueueable(ValueError):
+    """The job cannot be written; `reason` is a stable label for logs and metrics."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def serialize_job(function: str, args: list[Any], enqueue_time_ms: int) -> bytes:
-    # The layout of arq.jobs.serialize_job; job_try None means "first try".
-    return orjson.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
+    """Raises Unqueueable for what orjson read but cannot write back: nesting past its depth
+    limit. Catching its error costs nothing per delivery; a depth scan first would not."""
+    try:
+        # The layout of arq.jobs.serialize_job; job_try None means "first try".
+        return orjson.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
+    except orjson.JSONEncodeError as exc:
+        raise Unqueueable("too_deep" if "recursion" in str(exc).lower() else "not_serialisable") from None
 
 
 _Pending = tuple[str, str, str, bytes, int, "asyncio.Future[bool]"]
@@ -106,7 +119,8 @@ class Intake:
 
     async def enqueue_once(self, event: Event) -> bool:
         """Queue the event for the workers unless its message id was seen. True if queued.
-        Raises the Redis error when the write cannot be confirmed."""
+        Raises the Redis error when the write cannot be confirmed, and Unqueueable, before
+        anything is written, when the event cannot be serialised."""
         jid = job_id(event.message_id)
         job = serialize_job(PROCESS_EVENT, [event.to_dict()], event.received_at_ms)
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

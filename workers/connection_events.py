@@ -5,13 +5,17 @@
 - Where the order cannot be decided (legacy events carry no date, a date that cannot be read,
   two events of the same instant that disagree), Codat's own answer to GET connection is the
   truth, as of now.
-- The first time a connection is known to be Linked, its initial sync is requested once
-  (`data/all`, or `data/queue/{dataType}` per CODAT_SYNC_DATA_TYPES), under the claim kept in
-  service.connections.
+- The initial sync follows the connection's state, not the event that arrived last: once a
+  connection has been seen linked for the first time (`connection.connected`, or a legacy
+  PendingAuth -> Linked, however late or stale that delivery is), whenever it is Linked and its
+  initial sync was never requested, it is requested once (`data/all`, or `data/queue/{dataType}`
+  per CODAT_SYNC_DATA_TYPES), under the claim kept in service.connections. This is checked after
+  every connection event, so `disconnected`, `reconnected`, `connected` arriving in that order
+  still sync once, and a claim left by a failed job is resolved by the next event or rerun.
 - `connection.reconnected` re-links a connection that was linked before: it moves the state to
-  Linked but never requests an initial sync (that connection's first sync happened at its first
-  link; Codat's own sync schedule carries on from there), even when this service never saw that
-  first link.
+  Linked but is not a first link (that connection's first sync happened at its first link;
+  Codat's own sync schedule carries on from there), so a connection this service only ever saw
+  reconnected is not synced.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from service.connections import STATUSES, ConnectionStore, now_ms
+from service.connections import STATUSES, Applied, ConnectionStore, now_ms
 from service.events import Event, parse_time_ms
 from service.metrics import CONNECTION_STATUSES
 from workers.codat import CodatClient, RateLimited, Rejected
@@ -49,6 +53,19 @@ def claimed_status(event: Event) -> str | None:
     return status if status in STATUSES else None
 
 
+def is_first_link(event: Event) -> bool:
+    """Does the event say the connection was linked for the first time? `connection.connected`
+    does, however late it arrives; so does a legacy change from PendingAuth (or from nothing) to
+    Linked. `connection.reconnected` and a legacy relink do not."""
+    if event.event_type == "connection.connected":
+        return True
+    if event.event_type != "DataConnectionStatusChanged":
+        return False
+    data = event.body.get("Data")
+    data = data if isinstance(data, dict) else {}
+    return data.get("newStatus") == "Linked" and data.get("oldStatus") in (None, "", "PendingAuth")
+
+
 async def handle(ctx: dict[str, Any], event: Event) -> str:
     store: ConnectionStore = ctx["connections"]
     codat: CodatClient = ctx["codat"]
@@ -56,26 +73,31 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
         log.warning("connection.event_without_ids")
         return "ignored"
     ids = {"connection_id": event.connection_id, "company_id": event.company_id}
+    first_link = is_first_link(event)
     status, at = claimed_status(event), event.generated_ms
-    outcome, now_status = "undecided", None
+    applied: Applied | None = None
     if status is not None and at is not None:
-        outcome, now_status = await store.apply(status=status, at_ms=at, event_type=event.event_type, **ids)
-    if outcome in ("undecided", "tied"):
+        applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, first_link=first_link,
+                                    **ids)
+    if applied is None or applied.outcome == "tied":
+        reason = applied.outcome if applied else "undecided"
         truth = await codat.get_connection(event.company_id, event.connection_id)
         status = truth.get("status") if truth else "Deleted"
         if status not in STATUSES:
             log.error("connection.unreadable_status_from_codat", status=status)
             return "ignored"
-        outcome, now_status = await store.apply(status=status, at_ms=now_ms(), event_type=event.event_type,
-                                                authoritative=True, **ids)
-        log.info("connection.status_from_codat", status=status, reason=outcome)
-    if outcome == "stale":
-        log.info("connection.stale_event", claimed_status=status, status=now_status)
-        return "stale"
-    _log_status(event, now_status)
-    if now_status == "Linked" and event.event_type != "connection.reconnected":
+        applied = await store.apply(status=status, at_ms=now_ms(), event_type=event.event_type,
+                                    authoritative=True, first_link=first_link, **ids)
+        log.info("connection.status_from_codat", status=status, reason=reason)
+    if applied.outcome == "stale":
+        log.info("connection.stale_event", claimed_status=status, status=applied.status)
+    else:
+        _log_status(event, applied.status)
+    # Whatever event caused the change, and even when it changed nothing (a late, stale
+    # `connection.connected` still says "first linked"), the initial sync follows the state.
+    if applied.initial_sync_due:
         return await request_initial_sync(ctx, event)
-    return now_status or "unknown"
+    return "stale" if applied.outcome == "stale" else applied.status or "unknown"
 
 
 def _log_status(event: Event, status: str | None) -> None:
@@ -98,17 +120,19 @@ async def request_initial_sync(ctx: dict[str, Any], event: Event) -> str:
     company_id, connection_id = str(event.company_id), str(event.connection_id)
     owner = ctx["job_id"]
     claim = await store.claim_initial_sync(connection_id, owner, ctx["lease_ms"])
-    if claim in ("done", "busy", "not_linked"):
+    if claim in ("done", "busy", "not_linked", "not_first_linked"):
         log.info("sync.initial_skipped", reason=claim)
         return f"initial_sync_{claim}"
     data_types: tuple[str, ...] = ctx["settings"].sync_data_types
     pending = list(data_types)
-    if claim == "in_doubt":
+    if claim in ("in_doubt", "orphaned"):
         claimed_at = await store.claimed_at(connection_id)
         requested = await _requested_since(codat, company_id, connection_id, claimed_at)
-        if not data_types and requested:
-            return await _settle(store, connection_id, owner, recovered=True)
         pending = [t for t in data_types if t not in requested]
+        if requested and not pending:
+            return await _settle(store, connection_id, owner, recovered=True)
+        if claim == "orphaned":
+            return await _resolve_orphan(store, connection_id, owner, requested)
     done = 0
     try:
         if not data_types:
@@ -125,6 +149,18 @@ async def request_initial_sync(ctx: dict[str, Any], event: Event) -> str:
         raise
     return await _settle(store, connection_id, owner, recovered=claim == "in_doubt",
                          mode="data_types" if data_types else "all", data_types=pending or None)
+
+
+async def _resolve_orphan(store: ConnectionStore, connection_id: str, owner: str, requested: set[str]) -> str:
+    """A claim whose call may or may not have happened, on a connection that is not Linked now.
+    Nothing was requested: release it, so that a relink claims afresh. Some data types were:
+    keep it (leased), so that the relink looks first and requests only the rest."""
+    if requested:
+        log.info("sync.initial_claim_kept", already_requested=sorted(requested))
+        return "initial_sync_partly_requested"
+    await store.release_initial_sync(connection_id, owner)
+    log.info("sync.initial_claim_released", reason="not_linked")
+    return "initial_sync_released"
 
 
 async def _requested_since(codat: CodatClient, company_id: str, connection_id: str,

@@ -4,6 +4,7 @@ Codat API does not cooperate:
 - paused by client.rateLimit.reached: deferred until the expiry (a reset wakes it sooner)
 - 429: deferred by Retry-After
 - 5xx, timeout, connection error: retried with exponential backoff and jitter
+- Redis unreachable mid-job: retried with backoff too (never a dead letter)
 - any other 4xx, or out of tries: a dead letter, replayable
 - a bug (any other exception): a dead letter too, never a lost event
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import structlog
 from arq import Retry
+from redis.exceptions import RedisError
 
 from service.connections import now_ms
 from service.deadletters import DeadLetters
@@ -103,6 +105,11 @@ async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], rou
         return await _defer(ctx, event, record, delay, "codat_unavailable", exc)
     except Rejected as exc:
         return await _dead_letter(ctx, record, "codat_rejected", exc)
+    except RedisError as exc:
+        # Redis went away mid-job (a restart, a failover): not the event's fault, try it again.
+        # Every write the job makes is a compare-and-set or a claim, so a rerun repeats nothing.
+        delay = backoff_seconds(ctx.get("job_try", 1), ctx["settings"].retry_base_seconds)
+        return await _defer(ctx, event, record, delay, "redis_unavailable", exc)
     except Exception as exc:
         log.exception("job.failed_unexpectedly")
         return await _dead_letter(ctx, record, "unexpected_error", exc)
