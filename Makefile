@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench demo clean
+.PHONY: run test lint bench demo soak schema clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -17,17 +17,28 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/codat-webhooks demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+# The chaos soak (tests/soak): ~10,000 deliveries per seed against web, 2 workers, Valkey and a failing Codat.
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --connections 1500 --seeds 1,2,3
+
+# Schemathesis on the sandbox's implemented operations, longer than the bounded run in `make test`.
+schema: $(STAMP)
+	$(BIN)/python -m tests.sandbox_schema --examples 500
 
 clean:
 	rm -rf $(VENV) .data

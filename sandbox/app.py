@@ -11,7 +11,7 @@ import base64
 import hmac
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandbox import inputs
 from sandbox.control import control_routes
+from sandbox.inputs import Invalid
 from sandbox.lifecycle import Lifecycle
 from sandbox.sender import Sender
 from sandbox.state import DEFAULT_DATA_TYPES, Company, Sandbox
@@ -30,19 +32,46 @@ DEV_API_KEY = "sandbox-dev-key"
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
-    body = {"statusCode": status, "service": "PublicApi", "error": message,
-            "correlationId": uuid.uuid4().hex, "canBeRetried": "Unknown", "detailedErrorCode": 0}
+    body = {
+        "statusCode": status,
+        "service": "PublicApi",
+        "error": message,
+        "correlationId": uuid.uuid4().hex,
+        "canBeRetried": "Unknown",
+        "detailedErrorCode": 0,
+    }
     return JSONResponse(body, status, headers or None)
 
 
-def _page(request: Request, items: list[Any]) -> dict[str, Any]:
-    try:
-        page = max(1, int(request.query_params.get("page", "1")))
-        size = min(5000, max(1, int(request.query_params.get("pageSize", "100"))))
-    except ValueError:
-        return {"error": "page and pageSize must be numbers"}
-    return {"results": items[(page - 1) * size: page * size], "pageNumber": page, "pageSize": size,
-            "totalResults": len(items), "_links": {}}
+def _paged(request: Request, items: list[Any]) -> JSONResponse:
+    query = dict(request.query_params)
+    page, size = inputs.paging(query)
+    return JSONResponse(
+        {
+            "results": items[(page - 1) * size : page * size],
+            "pageNumber": page,
+            "pageSize": size,
+            "totalResults": len(items),
+            "_links": inputs.links(request.url.path, query, page, size, len(items)),
+        }
+    )
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    return _error(400, str(exc))
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **by_method: Endpoint) -> Route:
+    """One route per path with every method it has, so that a 405 lists them all in `Allow`
+    (one Route per method would make Starlette name only the first route's)."""
+
+    async def dispatch(request: Request) -> Response:
+        return await by_method["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, dispatch, methods=list(by_method))
 
 
 class CodatFront:
@@ -92,23 +121,33 @@ def create_app(
     api_key: str | None = None,
     webhook_secret: str | None = None,
     webhook_url: str | None = None,
+    allow_any_host: bool | None = None,
     public_url: str = "http://127.0.0.1:8400",
     time_scale: float | None = None,
     pull_step_seconds: float | None = None,
 ) -> ASGIApp:
     """Settings default to the environment: SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET (signs what
     is sent), SANDBOX_WEBHOOK_URL (a consumer registered at start), SANDBOX_TIME_SCALE (delivery
-    retry schedule), SANDBOX_PULL_STEP_SECONDS (time per dataset status)."""
+    retry schedule), SANDBOX_PULL_STEP_SECONDS (time per dataset status), SANDBOX_ALLOW_ANY_HOST
+    (1: deliver to consumers beyond loopback)."""
     sandbox = sandbox or Sandbox()
     api_key = api_key or os.environ.get("SANDBOX_API_KEY", DEV_API_KEY)
     # A comma list (as in CODAT_WEBHOOK_SECRETS) signs with the first.
     secret = (webhook_secret or os.environ.get("SANDBOX_WEBHOOK_SECRET") or "").split(",")[0] or None
-    sender = Sender(secret,
-                    time_scale if time_scale is not None else float(os.environ.get("SANDBOX_TIME_SCALE", "0.01")))
+    if allow_any_host is None:
+        allow_any_host = os.environ.get("SANDBOX_ALLOW_ANY_HOST", "") == "1"
+    sender = Sender(
+        secret,
+        time_scale if time_scale is not None else float(os.environ.get("SANDBOX_TIME_SCALE", "0.01")),
+        allow_any_host,
+    )
     if webhook_url or os.environ.get("SANDBOX_WEBHOOK_URL"):
         sender.add_consumer(webhook_url or os.environ["SANDBOX_WEBHOOK_URL"])
-    step = pull_step_seconds if pull_step_seconds is not None else float(
-        os.environ.get("SANDBOX_PULL_STEP_SECONDS", "0.2"))
+    step = (
+        pull_step_seconds
+        if pull_step_seconds is not None
+        else float(os.environ.get("SANDBOX_PULL_STEP_SECONDS", "0.2"))
+    )
     lifecycle = Lifecycle(sandbox, sender, public_url, step)
 
     @asynccontextmanager
@@ -117,7 +156,8 @@ def create_app(
         await sender.aclose()
 
     routes = api_routes(sandbox, lifecycle) + control_routes(sandbox, lifecycle)
-    return CodatFront(Starlette(routes=routes, lifespan=lifespan), sandbox, api_key)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Invalid: _invalid})
+    return CodatFront(app, sandbox, api_key)
 
 
 def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
@@ -135,34 +175,34 @@ def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         return company, connection
 
     async def create_company(request: Request) -> Response:
-        body = await _json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
-            return _error(400, "name is required")
-        company = lifecycle.create_company(body["name"], body.get("description"), body.get("platformType"))
-        return JSONResponse(company.as_json(base))
+        name, description, platform_type, tags = inputs.company(await _json(request))
+        return JSONResponse(lifecycle.create_company(name, description, platform_type, tags).as_json(base))
 
     async def list_companies(request: Request) -> Response:
-        return JSONResponse(_page(request, [c.as_json(base) for c in sandbox.companies.values()]))
+        return _paged(request, [c.as_json(base) for c in sandbox.companies.values()])
 
     async def get_company(request: Request) -> Response:
         company = company_of(request)
         return JSONResponse(company.as_json(base)) if company else _error(404, "company not found")
 
+    async def delete_company(request: Request) -> Response:
+        company = company_of(request)
+        if company is None:
+            return _error(404, "company not found")
+        lifecycle.delete_company(company)
+        return Response(status_code=204)
+
     async def list_connections(request: Request) -> Response:
         company = company_of(request)
         if company is None:
             return _error(404, "company not found")
-        return JSONResponse(_page(request, list(company.connections.values())))
+        return _paged(request, list(company.connections.values()))
 
     async def create_connection(request: Request) -> Response:
         company = company_of(request)
         if company is None:
             return _error(404, "company not found")
-        body = await _json(request)
-        platform_key = body.get("platformKey") if isinstance(body, dict) else None
-        if not isinstance(platform_key, str) or len(platform_key) != 4:
-            return _error(400, "platformKey (four letters) is required")
-        return JSONResponse(lifecycle.create_connection(company, platform_key))
+        return JSONResponse(lifecycle.create_connection(company, inputs.platform_key(await _json(request))))
 
     async def get_connection(request: Request) -> Response:
         result = found(request)
@@ -173,9 +213,7 @@ def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         if isinstance(result, JSONResponse):
             return result
         company, connection = result
-        body = await _json(request)
-        if not isinstance(body, dict) or body.get("status") != "Unlinked":
-            return _error(400, 'the only change is {"status": "Unlinked"}')
+        inputs.unlink(await _json(request))
         if connection["status"] != "Linked":
             return _error(400, "only Linked connections can be unlinked")
         return JSONResponse(lifecycle.disconnect(company, connection, "Unlinked"))
@@ -191,18 +229,19 @@ def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         result = found(request)
         if isinstance(result, JSONResponse):
             return result
-        body = await _json(request)
-        result[1]["connectionInfo"] = body if isinstance(body, dict) else {}
+        result[1]["connectionInfo"] = inputs.authorization(await _json(request))
         return JSONResponse(result[1])
+
+    def linked(company: Company) -> list[dict[str, Any]]:
+        return [c for c in company.connections.values() if c["status"] == "Linked"]
 
     async def refresh_all(request: Request) -> Response:
         company = company_of(request)
         if company is None:
             return _error(404, "company not found")
-        linked = [c for c in company.connections.values() if c["status"] == "Linked"]
-        if not linked:
+        if not linked(company):
             return _error(400, "company has no linked connection")
-        for connection in linked:
+        for connection in linked(company):
             lifecycle.queue_pulls(company, connection["id"], list(DEFAULT_DATA_TYPES))
         return Response(status_code=204)
 
@@ -210,12 +249,21 @@ def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         company = company_of(request)
         if company is None:
             return _error(404, "company not found")
-        connection = company.connections.get(request.query_params.get("connectionId", ""))
-        if connection is None:
-            return _error(404, "connection not found")
-        if connection["status"] != "Linked":
-            return _error(400, f"connection is {connection['status']}")
-        [pull] = lifecycle.queue_pulls(company, connection["id"], [request.path_params["data_type"]])
+        data_type = inputs.data_type(request.path_params["data_type"])
+        wanted = inputs.uuid_or_none(request.query_params.get("connectionId"), "connectionId")
+        if wanted is None:
+            # Without connectionId Codat queues the pull on the company's accounting connection.
+            choices = sorted(linked(company), key=lambda c: c["sourceType"] != "Accounting")
+            if not choices:
+                return _error(400, "company has no linked connection")
+            connection = choices[0]
+        else:
+            connection = company.connections.get(wanted)
+            if connection is None:
+                return _error(404, "connection not found")
+            if connection["status"] != "Linked":
+                return _error(400, f"connection is {connection['status']}")
+        [pull] = lifecycle.queue_pulls(company, connection["id"], [data_type])
         return JSONResponse(pull)
 
     async def data_status(request: Request) -> Response:
@@ -224,27 +272,35 @@ def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
             return _error(404, "company not found")
         latest: dict[str, Any] = {}
         for pull in company.pulls:
-            done = pull["status"] == "Complete"
+            status = {"dataType": pull["dataType"], "currentStatus": pull["status"], "latestSyncId": pull["id"]}
             previous = latest.get(pull["dataType"], {})
-            latest[pull["dataType"]] = {
-                "dataType": pull["dataType"], "currentStatus": pull["status"], "latestSyncId": pull["id"],
-                "lastSuccessfulSync": pull.get("completed") if done else previous.get("lastSuccessfulSync"),
-                "latestSuccessfulSyncId": pull["id"] if done else previous.get("latestSuccessfulSyncId"),
-            }
+            if pull["status"] == "Complete":
+                status.update(
+                    lastSuccessfulSync=pull.get("completed", pull["requested"]), latestSuccessfulSyncId=pull["id"]
+                )
+            elif "latestSuccessfulSyncId" in previous:
+                status.update({key: previous[key] for key in ("lastSuccessfulSync", "latestSuccessfulSyncId")})
+            latest[pull["dataType"]] = status
         return JSONResponse(latest)
 
     async def history(request: Request) -> Response:
         company = company_of(request)
         if company is None:
             return _error(404, "company not found")
-        return JSONResponse(_page(request, sorted(company.pulls, key=lambda p: p["requested"], reverse=True)))
+        return _paged(request, sorted(company.pulls, key=lambda p: p["requested"], reverse=True))
+
+    async def pull_operation(request: Request) -> Response:
+        company = company_of(request)
+        wanted = request.path_params["dataset_id"]
+        pull = next((p for p in company.pulls if p["id"] == wanted), None) if company else None
+        return JSONResponse(pull) if pull else _error(404, "pull operation not found")
 
     async def create_consumer(request: Request) -> Response:
-        body = await _json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-            return _error(400, "url is required")
-        event_types = body.get("eventTypes") if isinstance(body.get("eventTypes"), list) else None
-        return JSONResponse(lifecycle.sender.add_consumer(body["url"], event_types, bool(body.get("disabled"))))
+        sender = lifecycle.sender
+        url, event_types, disabled, tags = inputs.consumer(
+            await _json(request), sender.allow_any_host, len(sender.consumers)
+        )
+        return JSONResponse(sender.add_consumer(url, event_types, disabled, tags), 201)
 
     async def list_consumers(request: Request) -> Response:
         return JSONResponse({"results": list(lifecycle.sender.consumers.values())})
@@ -254,24 +310,21 @@ def api_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
             return _error(404, "consumer not found")
         return Response(status_code=204)
 
-    connection_path = "/companies/{company_id}/connections/{connection_id}"
+    company_path = "/companies/{company_id}"
+    connection_path = company_path + "/connections/{connection_id}"
     return [
-        Route("/companies", create_company, methods=["POST"]),
-        Route("/companies", list_companies, methods=["GET"]),
-        Route("/companies/{company_id}", get_company, methods=["GET"]),
-        Route("/companies/{company_id}/connections", list_connections, methods=["GET"]),
-        Route("/companies/{company_id}/connections", create_connection, methods=["POST"]),
-        Route(connection_path, get_connection, methods=["GET"]),
-        Route(connection_path, unlink, methods=["PATCH"]),
-        Route(connection_path, delete_connection, methods=["DELETE"]),
-        Route(connection_path + "/authorization", update_authorization, methods=["PUT"]),
-        Route("/companies/{company_id}/data/all", refresh_all, methods=["POST"]),
-        Route("/companies/{company_id}/data/queue/{data_type}", refresh_data_type, methods=["POST"]),
-        Route("/companies/{company_id}/dataStatus", data_status, methods=["GET"]),
-        Route("/companies/{company_id}/data/history", history, methods=["GET"]),
-        Route("/webhooks", create_consumer, methods=["POST"]),
-        Route("/webhooks", list_consumers, methods=["GET"]),
-        Route("/webhooks/{consumer_id}", delete_consumer, methods=["DELETE"]),
+        _route("/companies", GET=list_companies, POST=create_company),
+        _route(company_path, GET=get_company, DELETE=delete_company),
+        _route(company_path + "/connections", GET=list_connections, POST=create_connection),
+        _route(connection_path, GET=get_connection, PATCH=unlink, DELETE=delete_connection),
+        _route(connection_path + "/authorization", PUT=update_authorization),
+        _route(company_path + "/data/all", POST=refresh_all),
+        _route(company_path + "/data/queue/{data_type}", POST=refresh_data_type),
+        _route(company_path + "/dataStatus", GET=data_status),
+        _route(company_path + "/data/history", GET=history),
+        _route(company_path + "/data/history/{dataset_id}", GET=pull_operation),
+        _route("/webhooks", GET=list_consumers, POST=create_consumer),
+        _route("/webhooks/{consumer_id}", DELETE=delete_consumer),
     ]
 
 

@@ -6,6 +6,8 @@ revoking access) and let tests seed state, switch faults on and read back what h
 - POST /_sandbox/companies/{id}/connections/{id}/deauthorize | relink
 - PUT /_sandbox/companies/{id}/connections/{id}: seed a connection in a status (no events)
 - PUT /_sandbox/companies/{id}/faults: [{status, retryAfter, delay, times, match}]
+- PUT /_sandbox/chaos: {rate, seed, statuses, retryAfter, delay}: random faults on every company's
+  Codat API calls (never on these routes); {"rate": 0} switches them off
 - PUT /_sandbox/companies/{id}/pull-outcomes: {"invoices": "FetchError"}: how pulls end
 - GET /_sandbox/calls, GET /_sandbox/deliveries, POST /_sandbox/reset
 """
@@ -19,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox.state import Fault, Sandbox
+from sandbox.state import Chaos, Fault, Sandbox
 
 if TYPE_CHECKING:
     from sandbox.lifecycle import Lifecycle
@@ -68,18 +70,43 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         body = await request.json()
         company_id = request.path_params["company_id"]
         company = sandbox.companies.get(company_id) or sandbox.add_company(
-            f"Company {company_id[:8]}", company_id=company_id)
-        connection = sandbox.put_connection(company, request.path_params["connection_id"],
-                                            body.get("status", "Linked"), link_base=lifecycle.link_base)
+            f"Company {company_id[:8]}", company_id=company_id
+        )
+        connection = sandbox.put_connection(
+            company, request.path_params["connection_id"], body.get("status", "Linked"), link_base=lifecycle.link_base
+        )
         return JSONResponse(connection)
 
     async def set_faults(request: Request) -> Response:
         body = await request.json()
         sandbox.faults[request.path_params["company_id"]] = [
-            Fault(status=f.get("status"), retry_after=f.get("retryAfter"), delay=f.get("delay", 0.0),
-                  times=f.get("times", 1), match=f.get("match", "")) for f in body
+            Fault(
+                status=f.get("status"),
+                retry_after=f.get("retryAfter"),
+                delay=f.get("delay", 0.0),
+                times=f.get("times", 1),
+                match=f.get("match", ""),
+            )
+            for f in body
         ]
         return Response(status_code=204)
+
+    async def set_chaos(request: Request) -> Response:
+        body = await request.json()
+        try:
+            sandbox.chaos = Chaos(
+                rate=float(body.get("rate", 0.0)),
+                seed=int(body.get("seed", 0)),
+                statuses=tuple(int(s) for s in body.get("statuses", (429, 500, 503))),
+                retry_after=float(body.get("retryAfter", 0.5)),
+                delay=float(body.get("delay", 0.0)),
+            )
+        except (TypeError, ValueError):
+            return JSONResponse({"error": "rate, seed, statuses, retryAfter and delay must be numbers"}, 400)
+        return JSONResponse(sandbox.chaos.as_json())
+
+    async def get_chaos(request: Request) -> Response:
+        return JSONResponse(sandbox.chaos.as_json())
 
     async def set_pull_outcomes(request: Request) -> Response:
         lifecycle.pull_outcomes[request.path_params["company_id"]] = dict(await request.json())
@@ -105,6 +132,8 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         Route(company + "/connections/{connection_id}", seed_connection, methods=["PUT"]),
         Route(f"{company}/faults", set_faults, methods=["PUT"]),
         Route(f"{company}/pull-outcomes", set_pull_outcomes, methods=["PUT"]),
+        Route("/_sandbox/chaos", set_chaos, methods=["PUT"]),
+        Route("/_sandbox/chaos", get_chaos, methods=["GET"]),
         Route("/_sandbox/calls", calls, methods=["GET"]),
         Route("/_sandbox/deliveries", deliveries, methods=["GET"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),

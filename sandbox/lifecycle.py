@@ -1,5 +1,5 @@
 """What happens to the sandbox's companies and connections, and the events each change sends:
-company.created; connection.created / connected / disconnected / reconnected / deleted; and,
+company.created / deleted; connection.created / connected / disconnected / reconnected / deleted; and,
 as queued pulls move through the dataset statuses, read.completed.initial (a connection's first
 completed read) or read.completed."""
 
@@ -33,22 +33,38 @@ class Lifecycle:
         self.sender.attempts.clear()
 
     def reference(self, company: Company) -> dict[str, Any]:
-        return {"id": company.id, "name": company.name, "description": company.description,
-                "links": {"portal": f"{self.link_base}/companies/{company.id}/summary"}}
+        return {
+            "id": company.id,
+            "name": company.name,
+            "description": company.description,
+            "links": {"portal": f"{self.link_base}/companies/{company.id}/summary"},
+        }
 
-    def create_company(self, name: str, description: str | None, platform_key: str | None) -> Company:
+    def create_company(
+        self, name: str, description: str | None, platform_key: str | None, tags: dict[str, str] | None = None
+    ) -> Company:
         company = self.sandbox.add_company(name, description, platform_key)
+        company.tags = tags
+        self.sender.emit("company.created", self._details(company))
+        return company
+
+    def delete_company(self, company: Company) -> None:
+        """Its connections and pulls go with it; Codat sends only company.deleted."""
+        del self.sandbox.companies[company.id]
+        self.sender.emit("company.deleted", self._details(company))
+
+    def _details(self, company: Company) -> dict[str, Any]:
         details = company.as_json(self.link_base)
         details.pop("dataConnections")
-        self.sender.emit("company.created", details)
-        return company
+        return details
 
     def _send(self, event_type: str, company: Company, connection: dict[str, Any]) -> None:
         self.sender.emit(event_type, {"referenceCompany": self.reference(company), "connection": dict(connection)})
 
     def create_connection(self, company: Company, platform_key: str = "mqjo") -> dict[str, Any]:
-        connection = self.sandbox.put_connection(company, status="PendingAuth", platform_key=platform_key,
-                                                 link_base=self.link_base)
+        connection = self.sandbox.put_connection(
+            company, status="PendingAuth", platform_key=platform_key, link_base=self.link_base
+        )
         self._send("connection.created", company, connection)
         return connection
 
@@ -94,11 +110,23 @@ class Lifecycle:
         for pull in pulls:
             pull["isCompleted"] = True
             pull["completed"] = now_iso()
+        if company.id not in self.sandbox.companies:
+            return  # deleted while its pulls ran: nothing left to report on
         first = connection_id not in self._read_before
         self._read_before.add(connection_id)
-        self.sender.emit("read.completed.initial" if first else "read.completed", {
-            "referenceCompany": self.reference(company),
-            "modifiedFromDate": now_iso(),
-            "dataTypes": [{"connectionId": connection_id, "dataType": p["dataType"],
-                           "recordsModified": not p["isErrored"], "status": p["status"]} for p in pulls],
-        })
+        self.sender.emit(
+            "read.completed.initial" if first else "read.completed",
+            {
+                "referenceCompany": self.reference(company),
+                "modifiedFromDate": now_iso(),
+                "dataTypes": [
+                    {
+                        "connectionId": connection_id,
+                        "dataType": p["dataType"],
+                        "recordsModified": not p["isErrored"],
+                        "status": p["status"],
+                    }
+                    for p in pulls
+                ],
+            },
+        )

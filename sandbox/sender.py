@@ -1,6 +1,7 @@
 """Webhook delivery as Codat's (Svix) does it: signed with the standardwebhooks library under
 `webhook-*` headers, at least once, each attempt signed afresh, retried after any answer that is
-not 2xx on Codat's schedule. Time is compressed by `time_scale` for development and tests."""
+not 2xx on Codat's schedule. Time is compressed by `time_scale` for development and tests.
+Consumers are loopback URLs only unless `allow_any_host` (sandbox.inputs.url_refusal)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 import orjson
 from standardwebhooks import Webhook
 
+from sandbox.inputs import url_refusal
 from sandbox.state import now_iso
 
 # Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
@@ -21,16 +23,34 @@ SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
 class Sender:
-    def __init__(self, secret: str | None, time_scale: float = 0.01) -> None:
+    def __init__(self, secret: str | None, time_scale: float = 0.01, allow_any_host: bool = False) -> None:
         self._webhook = Webhook(secret) if secret else None
         self.time_scale = time_scale
+        self.allow_any_host = allow_any_host
         self.consumers: dict[str, dict[str, Any]] = {}
         self.attempts: list[dict[str, Any]] = []  # every attempt, for tests and the walkthrough
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
-    def add_consumer(self, url: str, event_types: list[str] | None = None, disabled: bool = False) -> dict[str, Any]:
-        consumer = {"id": str(uuid.uuid4()), "url": url, "eventTypes": event_types or [], "disabled": disabled}
+    def add_consumer(
+        self,
+        url: str,
+        event_types: list[str] | None = None,
+        disabled: bool = False,
+        company_tags: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Raises ValueError for a URL the sandbox will not deliver to (the API answers 400 first)."""
+        refused = url_refusal(url, self.allow_any_host)
+        if refused:
+            raise ValueError(f"{refused}: {url!r}")
+        consumer: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "url": url,
+            "eventTypes": event_types or [],
+            "disabled": disabled,
+        }
+        if company_tags is not None:
+            consumer["companyTags"] = company_tags
         self.consumers[consumer["id"]] = consumer
         return consumer
 
@@ -43,30 +63,48 @@ class Sender:
             if consumer["disabled"] or (wanted and event_type not in wanted):
                 continue
             task = asyncio.get_running_loop().create_task(
-                self._deliver(consumer["url"], f"msg_{uuid.uuid4().hex}", event_type, raw))
+                self._deliver(consumer["url"], f"msg_{uuid.uuid4().hex}", event_type, raw)
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return event
 
     async def _deliver(self, url: str, msg_id: str, event_type: str, raw: bytes) -> None:
         if self._webhook is None:
-            self.attempts.append({"msgId": msg_id, "eventType": event_type, "url": url, "attempt": 0,
-                                  "status": None, "error": "no SANDBOX_WEBHOOK_SECRET: not sent"})
+            self.attempts.append(
+                {
+                    "msgId": msg_id,
+                    "eventType": event_type,
+                    "url": url,
+                    "attempt": 0,
+                    "status": None,
+                    "error": "no SANDBOX_WEBHOOK_SECRET: not sent",
+                }
+            )
             return
         self._http = self._http or httpx.AsyncClient(timeout=15.0)  # Codat waits 15 s
         text = raw.decode()
         for attempt, wait in enumerate(SCHEDULE, start=1):
             await asyncio.sleep(wait * self.time_scale)
             now = datetime.now(tz=UTC)
-            headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
-                       "webhook-signature": self._webhook.sign(msg_id, now, text),
-                       "content-type": "application/json"}
-            record: dict[str, Any] = {"msgId": msg_id, "eventType": event_type, "url": url,
-                                      "attempt": attempt, "at": time.time()}
+            headers = {
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": self._webhook.sign(msg_id, now, text),
+                "content-type": "application/json",
+            }
+            record: dict[str, Any] = {
+                "msgId": msg_id,
+                "eventType": event_type,
+                "url": url,
+                "attempt": attempt,
+                "at": time.time(),
+            }
             try:
                 response = await self._http.post(url, content=raw, headers=headers)
                 record["status"] = response.status_code
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                # InvalidURL and ValueError (IDNA) are not HTTPErrors; an attempt must never raise.
                 record["status"], record["error"] = None, type(exc).__name__
             self.attempts.append(record)
             if record["status"] is not None and 200 <= record["status"] < 300:

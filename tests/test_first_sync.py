@@ -34,8 +34,9 @@ def history(company: str, connection: str) -> dict[str, dict]:
     """connected (t2) -> disconnected (t3) -> reconnected (t4), by generatedDate."""
     return {
         "connected": connection_event("connection.connected", company, connection, generated=iso_at(-30)),
-        "disconnected": connection_event("connection.disconnected", company, connection, status="Unlinked",
-                                         generated=iso_at(-20)),
+        "disconnected": connection_event(
+            "connection.disconnected", company, connection, status="Unlinked", generated=iso_at(-20)
+        ),
         "reconnected": connection_event("connection.reconnected", company, connection, generated=iso_at(-10)),
     }
 
@@ -44,11 +45,14 @@ def successful_syncs(sandbox: SandboxControl, company: str) -> int:
     return len(sandbox.calls(company, "/data/all", ok=True))
 
 
-@pytest.mark.parametrize("order", [
-    ("disconnected", "reconnected", "connected"),  # the first link arrives last, stale
-    ("disconnected", "connected", "reconnected"),  # stale while Unlinked, then relinked
-    ("reconnected", "disconnected", "connected"),  # everything after the newest is stale
-])
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("disconnected", "reconnected", "connected"),  # the first link arrives last, stale
+        ("disconnected", "connected", "reconnected"),  # stale while Unlinked, then relinked
+        ("reconnected", "disconnected", "connected"),  # everything after the newest is stale
+    ],
+)
 def test_a_late_first_link_still_syncs_once(
     order: tuple[str, ...], client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
 ) -> None:
@@ -107,8 +111,9 @@ def test_a_claim_left_on_an_unlinked_connection_is_released_then_relinked(
     wait_until(lambda: sandbox.calls(company, "/data/all"), what="first call")
     deliver(client, events["disconnected"])
     # the retry finds the connection Unlinked: nothing was requested, so the claim is released
-    wait_until(lambda: idle(store) and state(client, connection)["initialSync"] is None, timeout=30,
-               what="claim released")
+    wait_until(
+        lambda: idle(store) and state(client, connection)["initialSync"] is None, timeout=30, what="claim released"
+    )
     assert state(client, connection)["status"] == "Unlinked"
     deliver(client, events["reconnected"])
     wait_until(lambda: sync_requested(client, connection), timeout=30, what="initial sync after relink")
@@ -131,8 +136,12 @@ def test_worker_rides_out_a_valkey_restart(sandbox: SandboxControl, tmp_path: Pa
             wait_until(lambda: client.get("/readyz").status_code == 200, what="web recovered")
             assert worker.proc is not None and worker.proc.poll() is None, "worker exited on a Redis restart"
             company, connection = linked_connection(sandbox)
-            wait_until(lambda: deliver(client, connection_event("connection.connected", company, connection))
-                       .status_code == 202, what="accepted after the restart")
+            wait_until(
+                lambda: (
+                    deliver(client, connection_event("connection.connected", company, connection)).status_code == 202
+                ),
+                what="accepted after the restart",
+            )
             wait_until(lambda: sync_requested(client, connection), timeout=30, what="initial sync")
         events = [line["event"] for line in worker.logs()]
         assert events.count("worker.redis_unavailable") == 1
@@ -159,8 +168,11 @@ def test_a_redis_error_inside_a_job_is_a_retry_not_a_dead_letter(sandbox: Sandbo
             deliver(client, connection_event("connection.connected", company, connection))
             wait_until(lambda: sandbox.calls(company, "/data/all"), what="call in flight")
             server.stop()
-            wait_until(lambda: any(line["event"] == "worker.redis_unavailable" for line in worker.logs()),
-                       timeout=30, what="worker sees the outage")
+            wait_until(
+                lambda: any(line["event"] == "worker.redis_unavailable" for line in worker.logs()),
+                timeout=30,
+                what="worker sees the outage",
+            )
             server.start()
             wait_until(lambda: sync_requested(client, connection), timeout=60, what="initial sync")
             letters = client.get("/ops/dead-letters", headers=OPS).json()["deadLetters"]
@@ -174,3 +186,27 @@ def test_a_redis_error_inside_a_job_is_a_retry_not_a_dead_letter(sandbox: Sandbo
         web.stop()
         if server.is_running():
             server.stop()
+
+
+def test_a_claim_left_for_a_company_codat_deleted_is_released(
+    client: httpx.Client, store: redis.Redis, sandbox: SandboxControl, workers: Workers
+) -> None:
+    """The first data/all answers 503; the company is then deleted at Codat and its
+    connection.deleted arrives: the retry finds no history to look at (404) and no connection
+    to sync, so the claim is released, and nothing is dead-lettered."""
+    company, connection = linked_connection(sandbox)
+    sandbox.faults(company, {"status": 503, "times": 1, "match": "/data/all"})
+    events = history(company, connection)
+    workers.start(1)
+    deliver(client, events["connected"])
+    wait_until(lambda: sandbox.calls(company, "/data/all"), what="first call")
+    with sandbox.api() as api:
+        assert api.delete(f"/companies/{company}").status_code == 204
+    deleted = connection_event("connection.deleted", company, connection, generated=iso_at(-5))
+    deliver(client, deleted)
+    wait_until(
+        lambda: idle(store) and state(client, connection)["initialSync"] is None, timeout=30, what="claim released"
+    )
+    assert state(client, connection)["status"] == "Deleted"
+    assert client.get("/ops/dead-letters", headers=OPS).json()["deadLetters"] == []
+    assert successful_syncs(sandbox, company) == 0

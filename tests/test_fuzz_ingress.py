@@ -22,7 +22,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.httpserver import MAX_HEAD_BYTES
+from service.web.httpserver import MAX_HEAD_BYTES
 from tests.support import LEGACY_AUTH, OLD_SECRET, OPS_TOKEN, SECRET, Web, catalogue_examples
 from tests.test_logs import CREDENTIALS
 

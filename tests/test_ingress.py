@@ -51,8 +51,7 @@ def test_every_example_is_accepted_and_enqueued_exactly_once(
     assert event["body"] == example
 
 
-@pytest.mark.parametrize(("name", "event_type", "example"), LEGACY_EXAMPLES,
-                         ids=[e[0] for e in LEGACY_EXAMPLES])
+@pytest.mark.parametrize(("name", "event_type", "example"), LEGACY_EXAMPLES, ids=[e[0] for e in LEGACY_EXAMPLES])
 def test_legacy_examples_with_the_configured_authorization(
     client: httpx.Client, store: redis.Redis, name: str, event_type: str, example: dict
 ) -> None:
@@ -104,30 +103,37 @@ def _with(**changes: str | None) -> tuple[bytes, dict[str, str]]:
 
 REJECTIONS = {
     "tampered body": (_tampered, "bad_signature"),
-    "unknown secret": (lambda: (b := orjson.dumps(CONNECTED),
-                                sign(b, secret="whsec_" + base64.b64encode(b"z" * 32).decode())),
-                       "bad_signature"),
+    "unknown secret": (
+        lambda: (b := orjson.dumps(CONNECTED), sign(b, secret="whsec_" + base64.b64encode(b"z" * 32).decode())),
+        "bad_signature",
+    ),
     "no headers": (lambda: (orjson.dumps(CONNECTED), {}), "missing_headers"),
     "missing id": (lambda: _with(webhook_id=None), "missing_headers"),
     "missing timestamp": (lambda: _with(webhook_timestamp=None), "missing_headers"),
     "missing signature": (lambda: _with(webhook_signature=None), "missing_headers"),
-    "stale timestamp": (lambda: (b := orjson.dumps(CONNECTED), sign(b, timestamp=int(time.time()) - 301)),
-                        "stale_timestamp"),
-    "future timestamp": (lambda: (b := orjson.dumps(CONNECTED), sign(b, timestamp=int(time.time()) + 301)),
-                         "future_timestamp"),
+    "stale timestamp": (
+        lambda: (b := orjson.dumps(CONNECTED), sign(b, timestamp=int(time.time()) - 301)),
+        "stale_timestamp",
+    ),
+    "future timestamp": (
+        lambda: (b := orjson.dumps(CONNECTED), sign(b, timestamp=int(time.time()) + 301)),
+        "future_timestamp",
+    ),
     "timestamp not a number": (lambda: _with(webhook_timestamp="yesterday"), "malformed_timestamp"),
     "timestamp as float": (lambda: _with(webhook_timestamp=f"{time.time():.3f}"), "malformed_timestamp"),
     "signature without comma": (lambda: _with(webhook_signature="v1abcdef"), "malformed_signature"),
     "signature not base64 length": (lambda: _with(webhook_signature="v1,abc"), "malformed_signature"),
-    "signature of another scheme only": (lambda: _with(webhook_signature="v1a," + "A" * 88),
-                                         "malformed_signature"),
-    "signature right length wrong value": (lambda: _with(webhook_signature="v1," + "A" * 43 + "="),
-                                           "bad_signature"),
+    "signature of another scheme only": (lambda: _with(webhook_signature="v1a," + "A" * 88), "malformed_signature"),
+    "signature right length wrong value": (lambda: _with(webhook_signature="v1," + "A" * 43 + "="), "bad_signature"),
     "id too long": (lambda: _with(webhook_id="m" * 300), "malformed_id"),
-    "wrong legacy authorization": (lambda: (orjson.dumps(LEGACY_EXAMPLES[0][2]),
-                                            {"authorization": LEGACY_AUTH + "x"}), "bad_authorization"),
-    "legacy authorization, empty": (lambda: (orjson.dumps(LEGACY_EXAMPLES[0][2]), {"authorization": ""}),
-                                    "bad_authorization"),
+    "wrong legacy authorization": (
+        lambda: (orjson.dumps(LEGACY_EXAMPLES[0][2]), {"authorization": LEGACY_AUTH + "x"}),
+        "bad_authorization",
+    ),
+    "legacy authorization, empty": (
+        lambda: (orjson.dumps(LEGACY_EXAMPLES[0][2]), {"authorization": ""}),
+        "bad_authorization",
+    ),
 }
 
 
@@ -162,17 +168,14 @@ def test_concurrent_duplicates_make_one_job(web: Web, store: redis.Redis) -> Non
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=web.url, timeout=10) as http:
-            responses = await asyncio.gather(*(http.post(PATH, content=body, headers=headers)
-                                               for _ in range(30)))
+            responses = await asyncio.gather(*(http.post(PATH, content=body, headers=headers) for _ in range(30)))
         return sorted(r.status_code for r in responses)
 
     assert asyncio.run(burst()) == [200] * 29 + [202]
     assert len(queued_events(store)) == 1
 
 
-def test_same_event_under_a_new_message_id_is_a_new_delivery(
-    client: httpx.Client, store: redis.Redis
-) -> None:
+def test_same_event_under_a_new_message_id_is_a_new_delivery(client: httpx.Client, store: redis.Redis) -> None:
     # Dedup is on the message id (DESIGN.md); a replay under a new id is queued, and the
     # workers' own idempotence (one initial sync per connection) absorbs it.
     body = orjson.dumps(CONNECTED)
@@ -181,9 +184,7 @@ def test_same_event_under_a_new_message_id_is_a_new_delivery(
     assert len(queued_events(store)) == 2
 
 
-def test_unknown_event_type_is_accepted_logged_and_counted(
-    client: httpx.Client, store: redis.Redis, web: Web
-) -> None:
+def test_unknown_event_type_is_accepted_logged_and_counted(client: httpx.Client, store: redis.Redis, web: Web) -> None:
     body = orjson.dumps({"id": str(uuid.uuid4()), "eventType": "brand.new.event", "payload": {}})
     headers = sign(body)
     since = web.log_offset()
@@ -196,12 +197,16 @@ def test_unknown_event_type_is_accepted_logged_and_counted(
     assert 'codat_webhook_deliveries_total{event_type="unknown",outcome="accepted",reason=""}' in metrics
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"", "empty_body"),
-    (b"{this is not json", "not_json"),
-    (b'["a JSON array"]', "not_an_object"),
-    (b'{"eventType": "connection.connected", "name": "\xff\xfe"}', "body_not_utf8"),
-], ids=["empty", "not json", "not an object", "not utf-8"])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty_body"),
+        (b"{this is not json", "not_json"),
+        (b'["a JSON array"]', "not_an_object"),
+        (b'{"eventType": "connection.connected", "name": "\xff\xfe"}', "body_not_utf8"),
+    ],
+    ids=["empty", "not json", "not an object", "not utf-8"],
+)
 def test_signed_but_malformed_body_is_400(
     client: httpx.Client, store: redis.Redis, web: Web, body: bytes, reason: str
 ) -> None:
@@ -253,9 +258,7 @@ def test_no_secret_reaches_the_log(web: Web, client: httpx.Client, store: redis.
         assert secret not in text
 
 
-def test_log_context_of_one_delivery_never_reaches_the_next(
-    client: httpx.Client, store: redis.Redis, web: Web
-) -> None:
+def test_log_context_of_one_delivery_never_reaches_the_next(client: httpx.Client, store: redis.Redis, web: Web) -> None:
     body = orjson.dumps(CONNECTED)
     headers = sign(body)
     since = web.log_offset()
@@ -276,8 +279,12 @@ def test_sender_hanging_up_mid_body_costs_nothing(web: Web, store: redis.Redis) 
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     since = web.log_offset()
     with socket.create_connection(("127.0.0.1", web.port)) as sock:
-        sock.sendall(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
-                     + body[:50])
-    wait_until(lambda: any(line["event"] == "webhook.client_disconnected" for line in web.logs(since)),
-               timeout=10, what="the disconnect logged")
+        sock.sendall(
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body[:50]
+        )
+    wait_until(
+        lambda: any(line["event"] == "webhook.client_disconnected" for line in web.logs(since)),
+        timeout=10,
+        what="the disconnect logged",
+    )
     assert store.dbsize() == 0

@@ -70,12 +70,18 @@ def test_worker_metrics_count_jobs_and_codat_calls(
         except httpx.TransportError:
             return {}
 
-    metrics = wait_until(lambda: (m := scraped()) and value(m, "codat_jobs_total", route="connection",
-                                                              outcome="initial_sync_requested") and m,
-                         what="job counted")
+    metrics = wait_until(
+        lambda: (
+            (m := scraped())
+            and value(m, "codat_jobs_total", route="connection", outcome="initial_sync_requested")
+            and m
+        ),
+        what="job counted",
+    )
     assert value(metrics, "codat_api_calls_total", operation="refresh_all", status="204") == 1
     assert value(metrics, "codat_job_duration_seconds_count", route="connection") == 1
     assert value(metrics, "codat_api_call_seconds_count", operation="refresh_all") == 1
-    polling = wait_until(lambda: value(samples(client.get("/metrics").text), "codat_worker_polling"),
-                         what="worker heartbeat")
+    polling = wait_until(
+        lambda: value(samples(client.get("/metrics").text), "codat_worker_polling"), what="worker heartbeat"
+    )
     assert polling == 1

@@ -25,8 +25,7 @@ def test_redis_down_is_503_with_retry_after_and_codats_retry_is_accepted(tmp_pat
         assert response.status_code == 503
         assert int(response.headers["retry-after"]) > 0
         assert httpx.get(f"{web.url}/readyz", timeout=10).status_code == 503
-        assert any(line["event"] == "webhook.enqueue_failed" and line["level"] == "error"
-                   for line in web.logs())
+        assert any(line["event"] == "webhook.enqueue_failed" and line["level"] == "error" for line in web.logs())
 
         server.start()  # same port, same data folder
         retry = httpx.post(f"{web.url}/webhooks/codat", content=body, headers=headers, timeout=10)
@@ -48,13 +47,13 @@ def test_accepted_events_survive_a_redis_restart(tmp_path: Path) -> None:
         assert len(queued_events(store)) == 1  # the AOF brought it back
         store.close()
         # and the dedup record with it: Codat's late retry is still a duplicate
-        assert httpx.post(f"{web.url}/webhooks/codat", content=body, headers=headers,
-                          timeout=10).status_code == 200
+        assert httpx.post(f"{web.url}/webhooks/codat", content=body, headers=headers, timeout=10).status_code == 200
 
 
 def _web_exits(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service.cli", "web"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "web"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_web_refuses_to_start_without_secrets() -> None:

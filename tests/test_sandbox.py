@@ -36,7 +36,11 @@ def connection_state(client: httpx.Client, connection_id: str) -> dict | None:
 
 
 def test_link_flow_sends_signed_events_that_the_service_accepts(
-    codat: httpx.Client, sandbox: SandboxControl, consumer: dict, client: httpx.Client, store: redis.Redis,
+    codat: httpx.Client,
+    sandbox: SandboxControl,
+    consumer: dict,
+    client: httpx.Client,
+    store: redis.Redis,
     workers: Workers,
 ) -> None:
     workers.start(1)
@@ -47,12 +51,18 @@ def test_link_flow_sends_signed_events_that_the_service_accepts(
     page = sandbox.http.post(f"/link/{company['id']}")  # the SMB presses the button on Link
     assert page.status_code == 200 and "Linked" in page.text
 
-    wait_until(lambda: (s := connection_state(client, pending["id"])) and s["initialSyncRequestedAt"],
-               what="initial sync requested")
+    wait_until(
+        lambda: (s := connection_state(client, pending["id"])) and s["initialSyncRequestedAt"],
+        what="initial sync requested",
+    )
     wait_until(lambda: sandbox.deliveries("read.completed.initial"), what="read.completed.initial sent")
     sent = {a["eventType"]: a["status"] for a in sandbox.deliveries()}
-    assert sent == {"company.created": 202, "connection.created": 202, "connection.connected": 202,
-                    "read.completed.initial": 202}
+    assert sent == {
+        "company.created": 202,
+        "connection.created": 202,
+        "connection.connected": 202,
+        "read.completed.initial": 202,
+    }
     history = codat.get(f"/companies/{company['id']}/data/history").json()["results"]
     assert history and all(pull["status"] == "Complete" for pull in history)
     status = codat.get(f"/companies/{company['id']}/dataStatus").json()
@@ -60,7 +70,11 @@ def test_link_flow_sends_signed_events_that_the_service_accepts(
 
 
 def test_unlink_deauthorise_relink_and_delete_each_send_their_event(
-    codat: httpx.Client, sandbox: SandboxControl, consumer: dict, client: httpx.Client, store: redis.Redis,
+    codat: httpx.Client,
+    sandbox: SandboxControl,
+    consumer: dict,
+    client: httpx.Client,
+    store: redis.Redis,
     workers: Workers,
 ) -> None:
     workers.start(1)
@@ -104,15 +118,21 @@ def test_connections_list_is_paged(codat: httpx.Client, sandbox: SandboxControl)
 
 
 def test_failed_pulls_end_in_their_error_status(
-    codat: httpx.Client, sandbox: SandboxControl, consumer: dict, client: httpx.Client, store: redis.Redis,
+    codat: httpx.Client,
+    sandbox: SandboxControl,
+    consumer: dict,
+    client: httpx.Client,
+    store: redis.Redis,
     workers: Workers,
 ) -> None:
     workers.start(1)
     company = codat.post("/companies", json={"name": "Bank of Dave"}).json()
     sandbox.http.put(f"/_sandbox/companies/{company['id']}/pull-outcomes", json={"invoices": "FetchError"})
     sandbox.http.post(f"/_sandbox/companies/{company['id']}/link")
-    outcomes = wait_until(lambda: client.get(f"/ops/companies/{company['id']}/syncs", headers=OPS)
-                          .json()["dataTypes"].get("invoices"), what="invoices outcome")
+    outcomes = wait_until(
+        lambda: client.get(f"/ops/companies/{company['id']}/syncs", headers=OPS).json()["dataTypes"].get("invoices"),
+        what="invoices outcome",
+    )
     assert outcomes["status"] == "FetchError"
     assert any(line["event"] == "sync.failed" and line["data_type"] == "invoices" for line in workers.logs())
 
@@ -121,8 +141,9 @@ def test_delivery_is_retried_on_codats_schedule_until_the_consumer_answers(
     codat: httpx.Client, sandbox: SandboxControl, valkey: ValkeyServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    consumer = codat.post("/webhooks", json={"url": f"http://127.0.0.1:{port}/webhooks/codat",
-                                             "eventTypes": ["company.created"]}).json()
+    consumer = codat.post(
+        "/webhooks", json={"url": f"http://127.0.0.1:{port}/webhooks/codat", "eventTypes": ["company.created"]}
+    ).json()
     try:
         codat.post("/companies", json={"name": "Late Listener Ltd"})
         # attempts 1 and 2 (at once, then 5 s x 0.01) find nobody listening
@@ -133,8 +154,11 @@ def test_delivery_is_retried_on_codats_schedule_until_the_consumer_answers(
         web.start()
         try:
             # attempt 3 comes 5 min x 0.01 = 3 s later (attempt 4, 18 s later, on a slow machine)
-            wait_until(lambda: [a for a in sandbox.deliveries("company.created") if a["status"]],
-                       timeout=45, what="a delivered attempt")
+            wait_until(
+                lambda: [a for a in sandbox.deliveries("company.created") if a["status"]],
+                timeout=45,
+                what="a delivered attempt",
+            )
         finally:
             web.stop()
         tried = sandbox.deliveries("company.created")

@@ -92,7 +92,10 @@ def test_worker_sigterm_hands_back_a_job_that_outlasts_the_wait(
     assert first.proc.wait(20) == 0
     assert store.zcard("arq:queue") == 1  # handed back, not lost
     workers.start(1)
-    wait_until(lambda: store.hget("codat:connection:k-back", "initialSync") == b"requested", timeout=40,
-               what="the handed-back job to finish")
+    wait_until(
+        lambda: store.hget("codat:connection:k-back", "initialSync") == b"requested",
+        timeout=40,
+        what="the handed-back job to finish",
+    )
     # the cut-short call had reached Codat: the new run found it in data/history and did not repeat it
     assert len(sandbox.calls("c-back", "/data/all")) == 1

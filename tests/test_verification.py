@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook
 
-from service.config import ConfigError, Settings, signing_key
-from service.verification import Rejected, Verifier
+from service.core.config import ConfigError, Settings, signing_key
+from service.web.verification import Unverified as Rejected
+from service.web.verification import Verifier
 from tests.support import SECRET, sign, sign_bytes
 
 BODY = b'{"eventType": "connection.connected"}'

@@ -74,8 +74,7 @@ def test_out_of_order_delivery_never_overwrites_newer_state(
     assert state(client, connection)["status"] == "Unlinked"
     assert sandbox.calls(company) == []  # not Linked now: no call to Codat at all
     assert any(line["event"] == "connection.stale_event" for line in workers.logs())
-    assert any(line["event"] == "connection.needs_relink" and line["level"] == "warning"
-               for line in workers.logs())
+    assert any(line["event"] == "connection.needs_relink" and line["level"] == "warning" for line in workers.logs())
 
 
 def test_legacy_status_change_asks_codat_then_syncs_once(
@@ -98,8 +97,7 @@ def test_unreadable_generated_date_asks_codat(
     sandbox.seed(company, connection, "Deauthorized")
     workers.start(1)
     # Codat's own examples carry times like this one.
-    deliver(client, connection_event("connection.connected", company, connection,
-                                     generated="2024-09-01T23:59:99Z"))
+    deliver(client, connection_event("connection.connected", company, connection, generated="2024-09-01T23:59:99Z"))
     wait_until(lambda: state(client, connection), what="state")
     wait_until(lambda: idle(store), what="queue drained")
     assert state(client, connection)["status"] == "Deauthorized"  # Codat's answer, not the event's
@@ -129,8 +127,7 @@ def test_429_defers_the_job_by_retry_after(
     first, second = sandbox.calls(company, "/data/all")
     assert first["status"] == 429 and second["status"] == 204
     assert second["at"] - first["at"] >= 2.0  # Retry-After honoured
-    assert any(line["event"] == "job.deferred" and line["reason"] == "rate_limited"
-               for line in workers.logs())
+    assert any(line["event"] == "job.deferred" and line["reason"] == "rate_limited" for line in workers.logs())
 
 
 def test_5xx_is_retried_with_backoff_and_syncs_once(
@@ -153,8 +150,7 @@ def test_permanent_4xx_becomes_a_dead_letter_and_replays(
     sandbox.faults(company, {"status": 403, "times": 1, "match": "/data/all"})
     workers.start(1)
     deliver(client, connection_event("connection.connected", company, connection))
-    letters = wait_until(lambda: client.get("/ops/dead-letters", headers=OPS).json()["deadLetters"],
-                         what="dead letter")
+    letters = wait_until(lambda: client.get("/ops/dead-letters", headers=OPS).json()["deadLetters"], what="dead letter")
     [letter] = letters
     assert letter["reason"] == "codat_rejected" and letter["status"] == 403
     assert letter["event"]["connection_id"] == connection
@@ -223,8 +219,7 @@ def test_rate_limit_pause_defers_calls_until_expiry(
     wait_until(lambda: sync_requested(client, connection), what="initial sync after expiry")
     [call] = sandbox.calls(company)
     assert call["at"] >= paused_until - 1.0  # whole seconds in the expiry: allow its rounding
-    assert any(line["event"] == "job.deferred" and line["reason"] == "rate_limit_paused"
-               for line in workers.logs())
+    assert any(line["event"] == "job.deferred" and line["reason"] == "rate_limit_paused" for line in workers.logs())
 
 
 def test_rate_limit_reset_resumes_deferred_calls_at_once(
@@ -310,8 +305,9 @@ def test_ops_unknown_connection_and_letter(client: httpx.Client, store: redis.Re
 
 def test_worker_refuses_to_start_without_an_api_key() -> None:
     env = service_env("redis://127.0.0.1:1")
-    result = subprocess.run([sys.executable, "-m", "service.cli", "worker"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "CODAT_API_KEY" in result.stderr
 
@@ -327,8 +323,9 @@ def test_cli_shows_connections_and_lists_and_replays_dead_letters(
     env = workers.running[0].env
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
 
     listed = cli("dead-letters", "list")
     [line] = listed.stdout.splitlines()

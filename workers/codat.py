@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from service.metrics import CODAT_CALL_SECONDS, CODAT_CALLS
+from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS
 
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 
@@ -85,19 +85,28 @@ class CodatClient:
         await self._call("refresh_all", "POST", f"/companies/{company_id}/data/all")
 
     async def refresh_data_type(self, company_id: str, connection_id: str, data_type: str) -> dict[str, Any]:
-        response = await self._call("refresh_data_type", "POST", f"/companies/{company_id}/data/queue/{data_type}",
-                                    params={"connectionId": connection_id})
+        response = await self._call(
+            "refresh_data_type",
+            "POST",
+            f"/companies/{company_id}/data/queue/{data_type}",
+            params={"connectionId": connection_id},
+        )
         return response.json()
 
     async def pull_history(self, company_id: str, page_size: int = 200) -> list[dict[str, Any]]:
         """The company's most recent pull operations, newest first."""
-        response = await self._call("pull_history", "GET", f"/companies/{company_id}/data/history",
-                                    params={"page": 1, "pageSize": page_size, "orderBy": "-requested"})
+        response = await self._call(
+            "pull_history",
+            "GET",
+            f"/companies/{company_id}/data/history",
+            params={"page": 1, "pageSize": page_size, "orderBy": "-requested"},
+        )
         results = response.json().get("results")
         return results if isinstance(results, list) else []
 
-    async def _call(self, operation: str, method: str, path: str,
-                    params: dict[str, Any] | None = None) -> httpx.Response:
+    async def _call(
+        self, operation: str, method: str, path: str, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
         if self._before_call is not None:
             await self._before_call()
         started = time.perf_counter()

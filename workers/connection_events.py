@@ -9,7 +9,7 @@
   connection has been seen linked for the first time (`connection.connected`, or a legacy
   PendingAuth -> Linked, however late or stale that delivery is), whenever it is Linked and its
   initial sync was never requested, it is requested once (`data/all`, or `data/queue/{dataType}`
-  per CODAT_SYNC_DATA_TYPES), under the claim kept in service.connections. This is checked after
+  per CODAT_SYNC_DATA_TYPES), under the claim kept in service.stores.connections. This is checked after
   every connection event, so `disconnected`, `reconnected`, `connected` arriving in that order
   still sync once, and a claim left by a failed job is resolved by the next event or rerun.
 - `connection.reconnected` re-links a connection that was linked before: it moves the state to
@@ -24,61 +24,31 @@ from typing import Any
 
 import structlog
 
-from service.connections import STATUSES, Applied, ConnectionStore, now_ms
-from service.events import Event, parse_time_ms
-from service.metrics import CONNECTION_STATUSES
+from service.core.clock import now_ms, parse_time_ms
+from service.core.events import STATUSES, Event
+from service.stores.connections import Applied, ConnectionStore
 from workers.codat import CodatClient, RateLimited, Rejected
+from workers.deps import Deps
+from workers.metrics import CONNECTION_STATUSES
 from workers.rate_limit import Paused
 
 log = structlog.get_logger("workers.connection_events")
 
-_STATUS_OF_TYPE = {
-    "connection.connected": "Linked",
-    "connection.reconnected": "Linked",
-    "connection.deleted": "Deleted",
-}
 # When the pulls were requested must be read against this service's own clock: allow for skew.
 _CLOCK_SKEW_MS = 60_000
 
 
-def claimed_status(event: Event) -> str | None:
-    """The status the event says the connection has, if the event can be taken at its word."""
-    if event.legacy:
-        return None  # no generatedDate: order undecidable, Codat decides
-    if event.event_type in _STATUS_OF_TYPE:
-        return _STATUS_OF_TYPE[event.event_type]
-    payload = event.body.get("payload")
-    connection = payload.get("connection") if isinstance(payload, dict) else None
-    status = connection.get("status") if isinstance(connection, dict) else None
-    return status if status in STATUSES else None
-
-
-def is_first_link(event: Event) -> bool:
-    """Does the event say the connection was linked for the first time? `connection.connected`
-    does, however late it arrives; so does a legacy change from PendingAuth (or from nothing) to
-    Linked. `connection.reconnected` and a legacy relink do not."""
-    if event.event_type == "connection.connected":
-        return True
-    if event.event_type != "DataConnectionStatusChanged":
-        return False
-    data = event.body.get("Data")
-    data = data if isinstance(data, dict) else {}
-    return data.get("newStatus") == "Linked" and data.get("oldStatus") in (None, "", "PendingAuth")
-
-
-async def handle(ctx: dict[str, Any], event: Event) -> str:
-    store: ConnectionStore = ctx["connections"]
-    codat: CodatClient = ctx["codat"]
+async def handle(deps: Deps, event: Event, job_id: str) -> str:
+    store, codat = deps.connections, deps.codat
     if not event.company_id or not event.connection_id:
         log.warning("connection.event_without_ids")
         return "ignored"
     ids = {"connection_id": event.connection_id, "company_id": event.company_id}
-    first_link = is_first_link(event)
-    status, at = claimed_status(event), event.generated_ms
+    first_link = event.first_link
+    status, at = event.claimed_status, event.generated_ms
     applied: Applied | None = None
     if status is not None and at is not None:
-        applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, first_link=first_link,
-                                    **ids)
+        applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, first_link=first_link, **ids)
     if applied is None or applied.outcome == "tied":
         reason = applied.outcome if applied else "undecided"
         truth = await codat.get_connection(event.company_id, event.connection_id)
@@ -86,8 +56,9 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
         if status not in STATUSES:
             log.error("connection.unreadable_status_from_codat", status=status)
             return "ignored"
-        applied = await store.apply(status=status, at_ms=now_ms(), event_type=event.event_type,
-                                    authoritative=True, first_link=first_link, **ids)
+        applied = await store.apply(
+            status=status, at_ms=now_ms(), event_type=event.event_type, authoritative=True, first_link=first_link, **ids
+        )
         log.info("connection.status_from_codat", status=status, reason=reason)
     if applied.outcome == "stale":
         log.info("connection.stale_event", claimed_status=status, status=applied.status)
@@ -96,17 +67,14 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
     # Whatever event caused the change, and even when it changed nothing (a late, stale
     # `connection.connected` still says "first linked"), the initial sync follows the state.
     if applied.initial_sync_due:
-        return await request_initial_sync(ctx, event)
+        return await request_initial_sync(deps, event, job_id)
     return "stale" if applied.outcome == "stale" else applied.status or "unknown"
 
 
 def _log_status(event: Event, status: str | None) -> None:
     CONNECTION_STATUSES.labels(status or "unknown").inc()
     if event.event_type == "connection.failed":
-        payload = event.body.get("payload")
-        connection = payload.get("connection") if isinstance(payload, dict) else None
-        errors = connection.get("dataConnectionErrors") if isinstance(connection, dict) else None
-        log.warning("connection.link_failed", status=status, errors=errors)
+        log.warning("connection.link_failed", status=status, errors=event.connection_errors)
     elif status in ("Deauthorized", "Unlinked"):
         # The business must relink before any new data can be pulled.
         log.warning("connection.needs_relink", status=status)
@@ -114,17 +82,17 @@ def _log_status(event: Event, status: str | None) -> None:
         log.info("connection.status", status=status)
 
 
-async def request_initial_sync(ctx: dict[str, Any], event: Event) -> str:
-    store: ConnectionStore = ctx["connections"]
-    codat: CodatClient = ctx["codat"]
+async def request_initial_sync(deps: Deps, event: Event, owner: str) -> str:
+    """`owner`: the job id, whose reruns find their own claim."""
+    store, codat = deps.connections, deps.codat
     company_id, connection_id = str(event.company_id), str(event.connection_id)
-    owner = ctx["job_id"]
-    claim = await store.claim_initial_sync(connection_id, owner, ctx["lease_ms"])
+    claim = await store.claim_initial_sync(connection_id, owner, deps.lease_ms)
     if claim in ("done", "busy", "not_linked", "not_first_linked"):
         log.info("sync.initial_skipped", reason=claim)
         return f"initial_sync_{claim}"
-    data_types: tuple[str, ...] = ctx["settings"].sync_data_types
+    data_types = deps.settings.sync_data_types
     pending = list(data_types)
+    requested: set[str] = set()
     if claim in ("in_doubt", "orphaned"):
         claimed_at = await store.claimed_at(connection_id)
         requested = await _requested_since(codat, company_id, connection_id, claimed_at)
@@ -142,13 +110,20 @@ async def request_initial_sync(ctx: dict[str, Any], event: Event) -> str:
             await codat.refresh_data_type(company_id, connection_id, data_type)
             done += 1
     except (RateLimited, Rejected, Paused):
-        # Codat said no before anything was requested: the next try starts clean. Anything
-        # already requested keeps the claim, and the next try looks before it calls.
-        if done == 0 and claim == "claimed":
+        # Codat said no before anything was requested, and nothing was found requested before
+        # (a fresh claim, or an in-doubt one whose history showed nothing): the next try starts
+        # clean. Anything already requested keeps the claim, and the next try looks first.
+        if done == 0 and not requested:
             await store.release_initial_sync(connection_id, owner)
         raise
-    return await _settle(store, connection_id, owner, recovered=claim == "in_doubt",
-                         mode="data_types" if data_types else "all", data_types=pending or None)
+    return await _settle(
+        store,
+        connection_id,
+        owner,
+        recovered=claim == "in_doubt",
+        mode="data_types" if data_types else "all",
+        data_types=pending or None,
+    )
 
 
 async def _resolve_orphan(store: ConnectionStore, connection_id: str, owner: str, requested: set[str]) -> str:
@@ -163,12 +138,17 @@ async def _resolve_orphan(store: ConnectionStore, connection_id: str, owner: str
     return "initial_sync_released"
 
 
-async def _requested_since(codat: CodatClient, company_id: str, connection_id: str,
-                           claimed_at: int | None) -> set[str]:
+async def _requested_since(codat: CodatClient, company_id: str, connection_id: str, claimed_at: int | None) -> set[str]:
     """Data types Codat has pulls for, on this connection, requested since the claim."""
     since = (claimed_at or 0) - _CLOCK_SKEW_MS
     found = set()
-    for pull in await codat.pull_history(company_id):
+    try:
+        pulls = await codat.pull_history(company_id)
+    except Rejected as exc:
+        if exc.status != 404:
+            raise
+        pulls = []  # Codat no longer knows the company (deleted): nothing of it is pending
+    for pull in pulls:
         requested = parse_time_ms(pull.get("requested"))
         if pull.get("connectionId") == connection_id and requested is not None and requested >= since:
             found.add(str(pull.get("dataType")))

@@ -24,31 +24,38 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from service.connections import now_ms
-from service.deadletters import DeadLetters
-from service.events import CONNECTION_EVENTS, RATE_LIMIT_EVENTS, SYNC_EVENTS, Event
-from service.metrics import JOB_SECONDS, JOBS
+from service.core.catalogue import CONNECTION_EVENTS, RATE_LIMIT_EVENTS, SYNC_EVENTS
+from service.core.clock import now_ms
+from service.core.events import Event
+from service.stores.keys import MAX_TRIES
 from workers import connection_events, rate_limit, sync_events
 from workers.codat import CodatError, RateLimited, Rejected, Unavailable
+from workers.deps import Deps, deps_of
+from workers.metrics import JOB_SECONDS, JOBS
 
 log = structlog.get_logger("workers.jobs")
 
-# Tries of any kind (crashes, deferrals, retries) before a job becomes a dead letter. arq's own
-# max_tries is set one higher (workers.settings) so that this policy, not arq, has the last word.
-MAX_TRIES = 12
 MAX_BACKOFF_SECONDS = 300.0
 
 
-async def _recorded(ctx: dict[str, Any], event: Event) -> str:
+async def _recorded(deps: Deps, event: Event, job_id: str) -> str:
     log.info("event.recorded")
     return "recorded"
 
 
-Handler = Callable[[dict[str, Any], Event], Awaitable[str]]
+async def _sync(deps: Deps, event: Event, job_id: str) -> str:
+    return await sync_events.handle(deps.syncs, event)
+
+
+async def _rate_limit(deps: Deps, event: Event, job_id: str) -> str:
+    return await rate_limit.handle(deps.rate_limits, event)
+
+
+Handler = Callable[[Deps, Event, str], Awaitable[str]]
 HANDLERS: dict[str, Handler] = {
     "connection": connection_events.handle,
-    "sync": sync_events.handle,
-    "rate_limit": rate_limit.handle,
+    "sync": _sync,
+    "rate_limit": _rate_limit,
     "recorded": _recorded,
     "unknown": _recorded,
 }
@@ -75,7 +82,10 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     event = Event.from_dict(record)
     job_try: int = ctx.get("job_try", 1)
     structlog.contextvars.bind_contextvars(
-        webhook_id=event.message_id, event_type=event.event_type, job_id=ctx.get("job_id"), job_try=job_try,
+        webhook_id=event.message_id,
+        event_type=event.event_type,
+        job_id=ctx.get("job_id"),
+        job_try=job_try,
         **event.ids(),
     )
     route = route_of(event)
@@ -90,25 +100,24 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
 
 
 async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:
+    deps = deps_of(ctx)
     try:
-        # Inside arq's own job timeout, so that a hung call is retried here rather than
-        # failed by arq (which would neither retry it nor keep it).
-        async with asyncio.timeout(ctx["call_budget_seconds"]):
-            outcome = await HANDLERS[route](ctx, event)
+        async with asyncio.timeout(deps.call_budget_seconds):
+            outcome = await HANDLERS[route](deps, event, ctx["job_id"])
     except rate_limit.Paused as exc:
-        await rate_limit.remember_deferred(ctx["redis"], ctx["job_id"])
+        await deps.rate_limits.remember_deferred(ctx["job_id"])
         return await _defer(ctx, event, record, (exc.until_ms - now_ms()) / 1000, "rate_limit_paused", exc)
     except RateLimited as exc:
         return await _defer(ctx, event, record, exc.retry_after, "rate_limited", exc)
     except (Unavailable, TimeoutError) as exc:
-        delay = backoff_seconds(ctx.get("job_try", 1), ctx["settings"].retry_base_seconds)
+        delay = backoff_seconds(ctx.get("job_try", 1), deps.settings.retry_base_seconds)
         return await _defer(ctx, event, record, delay, "codat_unavailable", exc)
     except Rejected as exc:
         return await _dead_letter(ctx, record, "codat_rejected", exc)
     except RedisError as exc:
         # Redis went away mid-job (a restart, a failover): not the event's fault, try it again.
         # Every write the job makes is a compare-and-set or a claim, so a rerun repeats nothing.
-        delay = backoff_seconds(ctx.get("job_try", 1), ctx["settings"].retry_base_seconds)
+        delay = backoff_seconds(ctx.get("job_try", 1), deps.settings.retry_base_seconds)
         return await _defer(ctx, event, record, delay, "redis_unavailable", exc)
     except Exception as exc:
         log.exception("job.failed_unexpectedly")
@@ -117,8 +126,9 @@ async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], rou
     return outcome
 
 
-async def _defer(ctx: dict[str, Any], event: Event, record: dict[str, Any], seconds: float, reason: str,
-                 exc: BaseException) -> str:
+async def _defer(
+    ctx: dict[str, Any], event: Event, record: dict[str, Any], seconds: float, reason: str, exc: BaseException
+) -> str:
     if ctx.get("job_try", 1) >= MAX_TRIES:
         return await _dead_letter(ctx, record, f"{reason}_out_of_tries", exc)
     seconds = max(0.0, seconds)
@@ -127,9 +137,15 @@ async def _defer(ctx: dict[str, Any], event: Event, record: dict[str, Any], seco
 
 
 async def _dead_letter(ctx: dict[str, Any], record: dict[str, Any], reason: str, exc: BaseException) -> str:
-    letters: DeadLetters = ctx["dead_letters"]
+    letters = deps_of(ctx).dead_letters
     status = exc.status if isinstance(exc, CodatError) else None
-    letter_id = await letters.add(record, reason=reason, error=str(exc) or type(exc).__name__,
-                                  job_id=ctx.get("job_id"), attempts=ctx.get("job_try"), status=status)
+    letter_id = await letters.add(
+        record,
+        reason=reason,
+        error=str(exc) or type(exc).__name__,
+        job_id=ctx.get("job_id"),
+        attempts=ctx.get("job_try"),
+        status=status,
+    )
     log.error("job.dead_lettered", reason=reason, dead_letter_id=letter_id, status=status, error=str(exc))
     return "dead_lettered"

@@ -1,53 +1,43 @@
-"""Sync events: each data type's outcome kept as the company's latest (service.syncs), error
+"""Sync events: each data type's outcome kept as the company's latest (service.stores.syncs), error
 statuses logged at error level under one event name (`sync.failed`) for alerting."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 
-from service.connections import now_ms
-from service.events import Event
-from service.metrics import SYNC_OUTCOMES
-from service.syncs import SyncStore
+from service.core.clock import now_ms
+from service.core.events import Event
+from service.stores.syncs import SyncStore
+from workers.metrics import SYNC_OUTCOMES
 
 log = structlog.get_logger("workers.sync_events")
 
-ERROR_STATUSES = frozenset({
-    "FetchError", "MapError", "InternalError", "ProcessingError", "ValidationError", "AuthError",
-    "RateLimitError", "PermissionsError", "PrerequisiteNotMet",
-})
-
-def outcomes(event: Event) -> list[dict[str, Any]]:
-    """(data type, status, connection, dataset) for each data type the event reports on."""
-    body = event.body
-    if not event.legacy:
-        payload = body.get("payload")
-        items = payload.get("dataTypes") if isinstance(payload, dict) else None
-        return [
-            {"dataType": item.get("dataType"), "status": item.get("status"),
-             "connectionId": item.get("connectionId"), "recordsModified": item.get("recordsModified")}
-            for item in (items if isinstance(items, list) else []) if isinstance(item, dict)
-        ]
-    data = body.get("Data")
-    data = data if isinstance(data, dict) else {}
-    if event.event_type == "NewCompanySynchronized" or not data.get("dataType"):
-        return []
-    status = data.get("datasetStatus") if event.event_type == "DataSyncStatusChangedToError" else "Complete"
-    return [{"dataType": data.get("dataType"), "status": status or "InternalError",
-             "connectionId": event.connection_id, "datasetId": data.get("datasetId")}]
+ERROR_STATUSES = frozenset(
+    {
+        "FetchError",
+        "MapError",
+        "InternalError",
+        "ProcessingError",
+        "ValidationError",
+        "AuthError",
+        "RateLimitError",
+        "PermissionsError",
+        "PrerequisiteNotMet",
+    }
+)
 
 
-async def handle(ctx: dict[str, Any], event: Event) -> str:
-    syncs: SyncStore = ctx["syncs"]
+async def handle(syncs: SyncStore, event: Event) -> str:
     if event.company_id is None:
         log.warning("sync.event_without_company")
         return "ignored"
-    items = outcomes(event)
+    items = event.sync_outcomes
     if not items:
-        log.info("sync.company_synchronized" if event.event_type == "NewCompanySynchronized"
-                 else "sync.event_without_data_types")
+        log.info(
+            "sync.company_synchronized"
+            if event.event_type == "NewCompanySynchronized"
+            else "sync.event_without_data_types"
+        )
         return "recorded"
     at = event.generated_ms or event.received_at_ms
     for item in items:
@@ -58,8 +48,12 @@ async def handle(ctx: dict[str, Any], event: Event) -> str:
         entry = {**item, "eventType": event.event_type, "recordedAt": now_ms()}
         newer = await syncs.record(event.company_id, data_type, at, entry)
         SYNC_OUTCOMES.labels(data_type, status).inc()
-        fields = {"data_type": data_type, "status": status, "connection_id": item.get("connectionId"),
-                  "stale": not newer}
+        fields = {
+            "data_type": data_type,
+            "status": status,
+            "connection_id": item.get("connectionId"),
+            "stale": not newer,
+        }
         if status in ERROR_STATUSES:
             log.error("sync.failed", **fields)
         else:

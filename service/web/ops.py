@@ -10,15 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.connections import ConnectionStore
-from service.deadletters import DeadLetters
-from service.syncs import SyncStore
+from service.stores.connections import ConnectionStore
+from service.stores.deadletters import DeadLetters
+from service.stores.syncs import SyncStore
 
 log = structlog.get_logger("service.ops")
 
 
-def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLetters,
-               syncs: SyncStore) -> list[Route]:
+def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLetters, syncs: SyncStore) -> list[Route]:
     expected = f"Bearer {token}".encode()
 
     def refused(request: Request) -> JSONResponse | None:

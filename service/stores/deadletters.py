@@ -12,13 +12,12 @@ import uuid
 from typing import Any
 
 import orjson
-from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
-from service.queue import JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME, serialize_job
-
-LETTERS = "codat:dead-letters"
-BY_TIME = "codat:dead-letters:by-time"
+from service.stores import keys
+from service.stores.keys import DEAD_LETTERS as LETTERS
+from service.stores.keys import DEAD_LETTERS_BY_TIME as BY_TIME
+from service.stores.keys import JOB_TTL_MS, QUEUE_NAME, serialize_job
 
 # KEYS: letters, by-time, queue, job key. ARGV: letter id, job, job ttl (ms), job id, score (ms).
 _REPLAY = """
@@ -35,12 +34,28 @@ class DeadLetters:
         self._redis = redis
         self._replay = redis.register_script(_REPLAY)
 
-    async def add(self, record: dict[str, Any], *, reason: str, error: str, job_id: str | None,
-                  attempts: int | None, status: int | None = None) -> str:
+    async def add(
+        self,
+        record: dict[str, Any],
+        *,
+        reason: str,
+        error: str,
+        job_id: str | None,
+        attempts: int | None,
+        status: int | None = None,
+    ) -> str:
         letter_id = uuid.uuid4().hex
         now = int(time.time() * 1000)
-        letter = {"id": letter_id, "failedAt": now, "reason": reason, "error": error, "status": status,
-                  "jobId": job_id, "attempts": attempts, "event": record}
+        letter = {
+            "id": letter_id,
+            "failedAt": now,
+            "reason": reason,
+            "error": error,
+            "status": status,
+            "jobId": job_id,
+            "attempts": attempts,
+            "event": record,
+        }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(LETTERS, letter_id, orjson.dumps(letter))
             pipe.zadd(BY_TIME, {letter_id: now})
@@ -65,8 +80,9 @@ class DeadLetters:
             return None
         record = orjson.loads(raw)["event"]
         now = int(time.time() * 1000)
-        job_id = f"replay:{letter_id}"
-        job = serialize_job(PROCESS_EVENT, [record], now)
-        done = await self._replay(keys=[LETTERS, BY_TIME, QUEUE_NAME, job_key_prefix + job_id],
-                                  args=[letter_id, job, JOB_TTL_MS, job_id, now])
+        job_id = keys.replay_job_id(letter_id)
+        job = serialize_job([record], now)
+        done = await self._replay(
+            keys=[LETTERS, BY_TIME, QUEUE_NAME, keys.job_key(job_id)], args=[letter_id, job, JOB_TTL_MS, job_id, now]
+        )
         return job_id if done else None

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
-from service import devmode
+from sandbox import devmode
 from workers.codat import basic_auth
 
 TIMEOUT_SECONDS = 90
@@ -31,8 +31,11 @@ STORY = ("webhook.accepted", "connection.status", "sync.initial_requested", "syn
 def run() -> int:
     with tempfile.TemporaryDirectory(prefix="codat-demo-") as scratch:
         data_dir = Path(scratch)
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("CODAT_", "REDIS_", "OPS_", "SANDBOX_"))}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("CODAT_", "REDIS_", "OPS_", "SANDBOX_"))
+        }
         env.update(PORT=str(devmode.free_port()), OPS_TOKEN=secrets.token_urlsafe(16), LOG_FORMAT="json")
         log_path = data_dir / "procfile.log"
         with devmode.stack(env, data_dir), open(log_path, "wb") as log:
@@ -51,10 +54,12 @@ def run() -> int:
 
 
 def walkthrough(env: dict[str, str]) -> bool:
-    codat = httpx.Client(base_url=env["CODAT_BASE_URL"], timeout=10,
-                         headers={"Authorization": basic_auth(env["CODAT_API_KEY"])})
-    web = httpx.Client(base_url=f"http://127.0.0.1:{env['PORT']}", timeout=10,
-                       headers={"Authorization": f"Bearer {env['OPS_TOKEN']}"})
+    codat = httpx.Client(
+        base_url=env["CODAT_BASE_URL"], timeout=10, headers={"Authorization": basic_auth(env["CODAT_API_KEY"])}
+    )
+    web = httpx.Client(
+        base_url=f"http://127.0.0.1:{env['PORT']}", timeout=10, headers={"Authorization": f"Bearer {env['OPS_TOKEN']}"}
+    )
     _wait(lambda: _answers(web, "/readyz"), "the web process to be ready")
 
     company = codat.post("/companies", json={"name": "Platypus Properties", "platformType": "mqjo"})

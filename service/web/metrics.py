@@ -1,6 +1,7 @@
-"""Prometheus metrics.
+"""Prometheus metrics of the web process, and the service-wide gauges it reads from Redis.
 
-Every process serves its own: a web process at GET /metrics, a worker on WORKER_METRICS_PORT.
+Every process serves its own: a web process at GET /metrics, a worker on WORKER_METRICS_PORT
+(workers.metrics).
 Prometheus scrapes each pod (or container), and sums across them. That is chosen over
 prometheus_client's multiprocess mode because the unit of deployment is one process per
 container: multiprocess mode needs a directory shared by the processes of one host, wiped at
@@ -24,9 +25,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.deadletters import LETTERS
-from service.queue import QUEUE_NAME
-from workers.rate_limit import PAUSED_UNTIL
+from service.stores import keys
 
 # Web
 DELIVERIES = Counter(
@@ -47,15 +46,6 @@ WORKER_POLLING = Gauge("codat_worker_polling", "1 while some worker's health che
 RATE_LIMIT_PAUSED = Gauge("codat_rate_limit_paused", "1 while outgoing Codat calls are paused.")
 REDIS_UP = Gauge("codat_redis_up", "1 if Redis answered the last scrape.")
 
-# Workers
-JOBS = Counter("codat_jobs", "Jobs by route and outcome.", ["route", "outcome"])
-JOB_SECONDS = Histogram("codat_job_duration_seconds", "Time a job ran, by route.", ["route"])
-CODAT_CALLS = Counter("codat_api_calls", "Calls to the Codat API by operation and status.", ["operation", "status"])
-CODAT_CALL_SECONDS = Histogram("codat_api_call_seconds", "Codat API call time, by operation.", ["operation"])
-SYNC_OUTCOMES = Counter("codat_sync_outcomes", "Dataset outcomes reported by Codat, by data type and status.",
-                        ["data_type", "status"])
-CONNECTION_STATUSES = Counter("codat_connection_status_changes", "Connections moved to a status.", ["status"])
-
 _delivery_counters: dict[tuple[str, str, str], Any] = {}
 
 
@@ -72,11 +62,11 @@ def count_delivery(outcome: str, reason: str, event_type: str) -> None:
 async def read_service_state(redis: Redis) -> None:
     now_ms = time.time() * 1000
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(QUEUE_NAME)
-        pipe.zrangebyscore(QUEUE_NAME, "-inf", now_ms, start=0, num=1, withscores=True)
-        pipe.hlen(LETTERS)
-        pipe.exists(QUEUE_NAME + ":health-check")  # arq's, refreshed while a worker polls
-        pipe.exists(PAUSED_UNTIL)
+        pipe.zcard(keys.QUEUE_NAME)
+        pipe.zrangebyscore(keys.QUEUE_NAME, "-inf", now_ms, start=0, num=1, withscores=True)
+        pipe.hlen(keys.DEAD_LETTERS)
+        pipe.exists(keys.HEALTH_CHECK)
+        pipe.exists(keys.RATE_LIMIT_PAUSED_UNTIL)
         depth, oldest, letters, polling, paused = await pipe.execute()
     QUEUE_DEPTH.set(depth)
     QUEUE_OLDEST_AGE.set(max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0)

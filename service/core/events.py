@@ -6,61 +6,29 @@ Legacy rule-based events: PascalCase {"CompanyId", "DataConnectionId", "RuleType
 sometimes prose ("Data Sync Status Changed To Error").
 
 Field values are not validated here: a bad value is the event's problem, for the worker to log.
-Only a body that is not a JSON object is refused.
+Only a body that is not a JSON object is refused. What an event says (a connection's status, a
+first link, sync outcomes per data type, a rate limit's expiry) is read from either family here,
+by the properties of Event, and nowhere else: the workers never look into the body.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-CONNECTION_EVENTS = frozenset({
-    "connection.created", "connection.connected", "connection.failed", "connection.disconnected",
-    "connection.reconnected", "connection.deleted", "DataConnectionStatusChanged",
-})
-SYNC_EVENTS = frozenset({
-    "read.completed", "read.completed.initial", "DataSyncCompleted", "DatasetDataChanged",
-    "DataSyncStatusChangedToError", "NewCompanySynchronized",
-})
-RATE_LIMIT_EVENTS = frozenset({
-    "client.rateLimit.reached", "client.rateLimit.reset", "ClientRateLimitReached", "ClientRateLimitReset",
-})
-LEGACY_EVENTS = frozenset({
-    "DataConnectionStatusChanged", "NewCompanySynchronized", "DataSyncCompleted", "DatasetDataChanged",
-    "DataSyncStatusChangedToError", "PushOperationStatusChanged", "PushOperationTimedOut",
-    "AccountCategoriesUpdated", "SyncConnectionDeleted", "SyncCompleted", "SyncFailed",
-    "ClientRateLimitReached", "ClientRateLimitReset",
-})
-_WRITE_DATA_TYPES = (
-    "bills", "bankTransactions", "items", "suppliers", "directCosts", "invoices", "bankAccounts",
-    "purchaseOrders", "billPayments", "directIncomes", "journalEntries", "chartOfAccounts",
-    "billCreditNotes", "creditNotes", "customers", "journals", "transfers", "payments",
-)
-# The 67 types of Codat's catalogue (sandbox/catalogue/Webhooks.json); tests check the two agree.
-KNOWN_EVENTS = CONNECTION_EVENTS | SYNC_EVENTS | RATE_LIMIT_EVENTS | LEGACY_EVENTS | frozenset({
-    "company.created", "company.deleted",
-    "expenses.sync.successful", "expenses.sync.unsuccessful",
-    "bankFeeds.sourceAccount.connected", "bankFeeds.sourceAccount.disconnected",
-    "reports.categorizedBankStatement.generate.successful",
-    "reports.categorizedBankStatement.generate.unsuccessful",
-    *(f"{data_type}.write.{outcome}" for data_type in _WRITE_DATA_TYPES
-      for outcome in ("successful", "unsuccessful")),
-})
+from service.core.catalogue import KNOWN_EVENTS, LEGACY_BY_RULE, LEGACY_EVENTS, squash
+from service.core.clock import parse_time_ms
 
-
-def _squash(rule_type: str) -> str:
-    return "".join(ch for ch in rule_type.lower() if ch.isalnum())
-
-
-# Legacy RuleType, letters and digits only, lower case -> catalogue name.
-_LEGACY_BY_RULE = {_squash(name): name for name in LEGACY_EVENTS} | {
-    "ratelimitreached": "ClientRateLimitReached",
-    "ratelimitreset": "ClientRateLimitReset",
+STATUSES = frozenset({"PendingAuth", "Linked", "Unlinked", "Deauthorized", "Deleted"})
+_STATUS_OF_TYPE = {
+    "connection.connected": "Linked",
+    "connection.reconnected": "Linked",
+    "connection.deleted": "Deleted",
 }
+_RATE_LIMIT_REACHED = frozenset({"client.rateLimit.reached", "ClientRateLimitReached"})
 
 
 class Malformed(Exception):
@@ -99,19 +67,90 @@ class Event:
         """When Codat generated the event, or None when that cannot be known from it."""
         return parse_time_ms(self.generated_date)
 
+    # What the event says, for both families.
 
-def parse_time_ms(value: Any) -> int | None:
-    """An ISO 8601 time as epoch ms; None for anything else (Codat's own examples include a
-    time of day with 99 seconds). A time without a zone is UTC, as Codat's are."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    @property
+    def claimed_status(self) -> str | None:
+        """The connection status the event can be taken at its word for; None where Codat must
+        be asked (legacy events carry no date to order them by, or no readable status)."""
+        if self.legacy:
+            return None
+        if self.event_type in _STATUS_OF_TYPE:
+            return _STATUS_OF_TYPE[self.event_type]
+        status = self._connection.get("status")
+        return status if status in STATUSES else None
+
+    @property
+    def first_link(self) -> bool:
+        """Does the event say the connection was linked for the first time? `connection.connected`
+        does, however late it arrives; so does a legacy change from PendingAuth (or from nothing)
+        to Linked. `connection.reconnected` and a legacy relink do not."""
+        if self.event_type == "connection.connected":
+            return True
+        if self.event_type != "DataConnectionStatusChanged":
+            return False
+        data = self._details
+        return data.get("newStatus") == "Linked" and data.get("oldStatus") in (None, "", "PendingAuth")
+
+    @property
+    def connection_errors(self) -> Any:
+        return self._connection.get("dataConnectionErrors")
+
+    @property
+    def sync_outcomes(self) -> list[dict[str, Any]]:
+        """{dataType, status, connectionId, ...} for each data type the event reports on."""
+        if not self.legacy:
+            items = self._details.get("dataTypes")
+            return [
+                {
+                    "dataType": item.get("dataType"),
+                    "status": item.get("status"),
+                    "connectionId": item.get("connectionId"),
+                    "recordsModified": item.get("recordsModified"),
+                }
+                for item in (items if isinstance(items, list) else [])
+                if isinstance(item, dict)
+            ]
+        data = self._details
+        if self.event_type == "NewCompanySynchronized" or not data.get("dataType"):
+            return []
+        status = data.get("datasetStatus") if self.event_type == "DataSyncStatusChangedToError" else "Complete"
+        return [
+            {
+                "dataType": data.get("dataType"),
+                "status": status or "InternalError",
+                "connectionId": self.connection_id,
+                "datasetId": data.get("datasetId"),
+            }
+        ]
+
+    @property
+    def rate_limit_reached(self) -> bool:
+        return self.event_type in _RATE_LIMIT_REACHED
+
+    @property
+    def rate_limit_expiry(self) -> Any:
+        """The expiry as sent (for the log when it cannot be read)."""
+        return self._details.get("ExpiresUtc" if self.legacy else "expiryDate")
+
+    @property
+    def rate_limit_expiry_ms(self) -> int | None:
+        return parse_time_ms(self.rate_limit_expiry)
+
+    @property
+    def daily_quota(self) -> Any:
+        return self._details.get("DailyQuota" if self.legacy else "dailyQuota")
+
+    @property
+    def _details(self) -> dict[str, Any]:
+        """`payload` of a new event, `Data` of a legacy one; {} when absent or not an object."""
+        details = self.body.get("Data" if self.legacy else "payload")
+        return details if isinstance(details, dict) else {}
+
+    @property
+    def _connection(self) -> dict[str, Any]:
+        connection = None if self.legacy else self._details.get("connection")
+        return connection if isinstance(connection, dict) else {}
 
 
 def parse(body: bytes, message_id: str | None, received_at_ms: int) -> Event:
@@ -163,7 +202,7 @@ def _new(data: dict[str, Any], body: bytes, message_id: str | None, received_at_
 
 def _legacy(data: dict[str, Any], body: bytes, message_id: str | None, received_at_ms: int) -> Event:
     rule_type = _str(data.get("RuleType")) or ""
-    event_type = _LEGACY_BY_RULE.get(_squash(rule_type), rule_type)
+    event_type = LEGACY_BY_RULE.get(squash(rule_type), rule_type)
     extra = data.get("Data")
     extra = extra if isinstance(extra, dict) else {}
     return Event(

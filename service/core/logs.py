@@ -19,10 +19,21 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[redacted]"
 # Keys whose value is a credential whatever it holds (log keys are lower case by convention).
-SENSITIVE_KEYS = frozenset({
-    "authorization", "secret", "secrets", "webhook_secret", "webhook_secrets", "api_key",
-    "codat_api_key", "token", "ops_token", "password", "webhook_auth",
-})
+SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "secret",
+        "secrets",
+        "webhook_secret",
+        "webhook_secrets",
+        "api_key",
+        "codat_api_key",
+        "token",
+        "ops_token",
+        "password",
+        "webhook_auth",
+    }
+)
 
 
 class Redact:
@@ -77,10 +88,12 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
     )
     # The libraries log through the standard library: route them through the same steps.
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, *tail],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, *tail],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -105,5 +118,6 @@ def refuse(reason: str) -> None:
     if os.environ.get("LOG_FORMAT", "json").lower() == "console":
         print(f"codat-webhooks: {reason}", file=sys.stderr)
     else:
-        print(_orjson_text({"event": "process.refused_to_start", "level": "critical", "reason": reason}),
-              file=sys.stderr)
+        print(
+            _orjson_text({"event": "process.refused_to_start", "level": "critical", "reason": reason}), file=sys.stderr
+        )

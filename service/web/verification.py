@@ -15,14 +15,14 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-from service.config import signing_key
+from service.core.config import signing_key
 
 MAX_MESSAGE_ID_LENGTH = 256
 # A v1 signature is an HMAC-SHA256 in base64: 44 characters.
 _V1_LENGTH = 44
 
 
-class Rejected(Exception):
+class Unverified(Exception):
     """Verification failed. `reason` is a stable label for logs and metrics."""
 
     def __init__(self, reason: str) -> None:
@@ -45,7 +45,7 @@ class Verifier:
         self._tolerance = tolerance_seconds
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str | None:
-        """Return the signed message id, or raise Rejected.
+        """Return the signed message id, or raise Unverified.
 
         A legacy delivery verified by its Authorization header has no id in its headers
         (None): its id is in the body. The body is taken as bytes, whatever they are: whether
@@ -55,13 +55,13 @@ class Verifier:
         if msg_id is None and raw_timestamp is None and raw_signature is None:
             return self._verify_legacy(headers)
         if not msg_id or not raw_timestamp or not raw_signature:
-            raise Rejected("missing_headers")
+            raise Unverified("missing_headers")
         if len(msg_id) > MAX_MESSAGE_ID_LENGTH or not msg_id.isascii():
-            raise Rejected("malformed_id")
+            raise Unverified("malformed_id")
         timestamp = self._check_timestamp(raw_timestamp)
         candidates = _v1_signatures(raw_signature)
         if not candidates:
-            raise Rejected("malformed_signature")
+            raise Unverified("malformed_signature")
         # What Webhook.sign signs, as bytes: the id is ASCII (checked above), the timestamp
         # an integer, so only the body could differ from the library's UTF-8 encoding of text.
         signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
@@ -70,28 +70,28 @@ class Verifier:
             for candidate in candidates:
                 if hmac.compare_digest(expected, candidate):
                     return msg_id
-        raise Rejected("bad_signature")
+        raise Unverified("bad_signature")
 
     def _verify_legacy(self, headers: Mapping[str, str]) -> None:
         given = headers.get("authorization")
         if given is None:
-            raise Rejected("missing_headers")
+            raise Unverified("missing_headers")
         if self._legacy is None:
-            raise Rejected("legacy_auth_not_configured")
+            raise Unverified("legacy_auth_not_configured")
         # Header values arrive decoded as latin-1; encoding back gives the bytes Codat sent.
         if not hmac.compare_digest(given.encode("latin-1"), self._legacy):
-            raise Rejected("bad_authorization")
+            raise Unverified("bad_authorization")
         return None
 
     def _check_timestamp(self, raw: str) -> int:
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
-            raise Rejected("malformed_timestamp")
+            raise Unverified("malformed_timestamp")
         timestamp = int(raw)
         now = time.time()
         if timestamp < now - self._tolerance:
-            raise Rejected("stale_timestamp")
+            raise Unverified("stale_timestamp")
         if timestamp > now + self._tolerance:
-            raise Rejected("future_timestamp")
+            raise Unverified("future_timestamp")
         return timestamp
 
 

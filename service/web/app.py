@@ -12,16 +12,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import logs
-from service.config import Settings
-from service.connections import ConnectionStore
-from service.deadletters import DeadLetters
-from service.metrics import metrics_endpoint
-from service.ops import ops_routes
-from service.queue import Intake, connect
-from service.syncs import SyncStore
-from service.verification import Verifier
-from service.webhooks import WebhookEndpoint
+from service.core import logs
+from service.core.config import Settings
+from service.stores.client import connect
+from service.stores.connections import ConnectionStore
+from service.stores.deadletters import DeadLetters
+from service.stores.intake import Intake
+from service.stores.syncs import SyncStore
+from service.web.metrics import metrics_endpoint
+from service.web.ops import ops_routes
+from service.web.verification import Verifier
+from service.web.webhooks import WebhookEndpoint
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -62,4 +63,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
         routes += ops_routes(settings.ops_token, ConnectionStore(redis), DeadLetters(redis), SyncStore(redis))
     return Starlette(routes=routes, lifespan=lifespan)
-

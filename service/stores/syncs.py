@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from service.stores.keys import company_syncs as key
+
 # KEYS: the company's hash. ARGV: data type, at (ms), record. Older news never overwrites newer.
 _RECORD = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
@@ -15,10 +17,6 @@ if current and tonumber(cjson.decode(current)['at']) > tonumber(ARGV[2]) then re
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
-
-
-def key(company_id: str) -> str:
-    return f"codat:sync:{company_id}"
 
 
 class SyncStore:

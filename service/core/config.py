@@ -53,8 +53,7 @@ class Settings:
         redis_url = env.get("REDIS_URL", "").strip()
         if not redis_url:
             raise ConfigError(
-                "REDIS_URL is not set: point it at Redis, or start through `codat-webhooks dev` "
-                "for an embedded Valkey"
+                "REDIS_URL is not set: point it at Redis, or start through `codat-webhooks dev` for an embedded Valkey"
             )
         secrets = _split(env.get("CODAT_WEBHOOK_SECRETS", ""))
         if require_secrets and not secrets:

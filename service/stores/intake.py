@@ -1,4 +1,4 @@
-"""The arq queue, written by the web process in one round trip, shared under load.
+"""The intake: the arq queue, written by the web process in one round trip, shared under load.
 
 arq's `enqueue_job` spends three round trips (WATCH, EXISTS, MULTI/EXEC) and cannot remember a
 message id beyond the life of its job. A Lua script does the dedup and the enqueue atomically
@@ -17,23 +17,12 @@ import asyncio
 import contextvars
 from typing import Any
 
-import orjson
-from arq.constants import default_queue_name, job_key_prefix
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
-from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
-from redis.exceptions import ConnectionError, TimeoutError
-from redis.retry import Retry
 
-from service.config import DEDUP_TTL_SECONDS
-from service.events import Event
-
-QUEUE_NAME = default_queue_name
-PROCESS_EVENT = "process_event"
-# The job outlives the dedup record's horizon, so workers that are down for a day lose nothing
-# (arq's default would drop a job not started within 24 hours).
-JOB_TTL_MS = DEDUP_TTL_SECONDS * 1000
+from service.core.config import DEDUP_TTL_SECONDS
+from service.core.events import Event
+from service.stores import keys
+from service.stores.keys import JOB_TTL_MS, QUEUE_NAME, serialize_job
 
 # One call for a whole batch. KEYS: the queue, then per event its dedup key and job key.
 # ARGV: dedup ttl (s), job ttl (ms), then per event its job id, job and score (ms).
@@ -54,58 +43,6 @@ return queued
 """
 
 
-class _HiredisPackedConnection(Connection):
-    """redis-py's sync client packs commands with hiredis (C); its asyncio client (5.x) packs
-    them in Python, which cost more than verifying and parsing a delivery. Same packer, lent."""
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return self._packer.pack(*args)
-
-
-def connect(url: str) -> Redis:
-    """A client that fails fast: Codat gives up on a delivery after 15 s, so a dead Redis
-    must turn into a 503 within a few seconds, not a hang. One retry reconnects a pooled
-    connection left broken by a Redis restart; the script is idempotent, so a retry after
-    a lost reply only finds the message already recorded."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[ConnectionError, TimeoutError],
-        # For redis:// only; rediss:// and unix:// keep the class their scheme needs.
-        connection_class=_HiredisPackedConnection,
-    )
-
-
-def dedup_key(message_id: str) -> str:
-    return f"codat:seen:{message_id}"
-
-
-def job_id(message_id: str) -> str:
-    return f"event:{message_id}"
-
-
-class Unqueueable(ValueError):
-    """The job cannot be written; `reason` is a stable label for logs and metrics."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def serialize_job(function: str, args: list[Any], enqueue_time_ms: int) -> bytes:
-    """Raises Unqueueable for what orjson read but cannot write back: nesting past its depth
-    limit. Catching its error costs nothing per delivery; a depth scan first would not."""
-    try:
-        # The layout of arq.jobs.serialize_job; job_try None means "first try".
-        return orjson.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
-    except orjson.JSONEncodeError as exc:
-        raise Unqueueable("too_deep" if "recursion" in str(exc).lower() else "not_serialisable") from None
-
-
 _Pending = tuple[str, str, str, bytes, int, "asyncio.Future[bool]"]
 # A script call blocks Redis while it runs: a burst goes out in calls of at most this many.
 MAX_BATCH = 256
@@ -121,11 +58,10 @@ class Intake:
         """Queue the event for the workers unless its message id was seen. True if queued.
         Raises the Redis error when the write cannot be confirmed, and Unqueueable, before
         anything is written, when the event cannot be serialised."""
-        jid = job_id(event.message_id)
-        job = serialize_job(PROCESS_EVENT, [event.to_dict()], event.received_at_ms)
+        jid = keys.event_job_id(event.message_id)
+        job = serialize_job([event.to_dict()], event.received_at_ms)
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((dedup_key(event.message_id), job_key_prefix + jid, jid, job,
-                              event.received_at_ms, answer))
+        self._pending.append((keys.seen(event.message_id), keys.job_key(jid), jid, job, event.received_at_ms, answer))
         if self._flusher is None or self._flusher.done():
             # Its own empty context: it serves many deliveries, so it must not carry the
             # log context (webhook_id, ...) of the one that happened to start it.
@@ -135,15 +71,15 @@ class Intake:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            keys: list[Any] = [QUEUE_NAME]
+            names: list[Any] = [QUEUE_NAME]
             args: list[Any] = [DEDUP_TTL_SECONDS, JOB_TTL_MS]
             for seen_key, job_key, jid, job, score, _ in batch:
-                keys += (seen_key, job_key)
+                names += (seen_key, job_key)
                 args += (jid, job, score)
             try:
                 # EVAL, not EVALSHA: it survives a Redis restart that emptied the script
                 # cache, and Redis caches the compiled script by its hash all the same.
-                results: list[Any] = await self._redis.eval(_ENQUEUE_ONCE, len(keys), *keys, *args)
+                results: list[Any] = await self._redis.eval(_ENQUEUE_ONCE, len(names), *names, *args)
             except Exception as exc:  # not confirmed: nobody in the batch may be told "accepted"
                 results = [exc] * len(batch)
             for pending, result in zip(batch, results, strict=True):

@@ -18,11 +18,12 @@ import structlog
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from service import events
-from service.config import MAX_BODY_BYTES
-from service.metrics import ACK_SECONDS, count_delivery
-from service.queue import Intake, Unqueueable
-from service.verification import Rejected, Verifier
+from service.core import events
+from service.core.config import MAX_BODY_BYTES
+from service.stores.intake import Intake
+from service.stores.keys import Unqueueable
+from service.web.metrics import ACK_SECONDS, count_delivery
+from service.web.verification import Unverified, Verifier
 
 log = structlog.get_logger("service.webhooks")
 
@@ -42,8 +43,11 @@ class Answer(NamedTuple):
 def _answer(status: int, outcome: str, *extra: tuple[bytes, bytes]) -> Answer:
     body = b'{"status":"%s"}' % outcome.encode()
     headers = [_JSON, (b"content-length", str(len(body)).encode()), *extra]
-    return Answer(outcome, {"type": "http.response.start", "status": status, "headers": headers},
-                  {"type": "http.response.body", "body": body})
+    return Answer(
+        outcome,
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
 
 
 ACCEPTED = _answer(202, "accepted")
@@ -84,7 +88,7 @@ class WebhookEndpoint:
             return self._refuse(TOO_LARGE, "body_too_large", limit=MAX_BODY_BYTES)
         try:
             message_id = self._verifier.verify(headers, body)
-        except Rejected as rejected:
+        except Unverified as rejected:
             return self._refuse(REJECTED, rejected.reason)
         try:
             event = events.parse(body, message_id, int(time.time() * 1000))
@@ -92,8 +96,7 @@ class WebhookEndpoint:
             return self._refuse(MALFORMED, malformed.reason, webhook_id=message_id)
 
         # Every line about this delivery carries its ids; about a connection, the connection's.
-        structlog.contextvars.bind_contextvars(webhook_id=event.message_id, event_type=event.event_type,
-                                               **event.ids())
+        structlog.contextvars.bind_contextvars(webhook_id=event.message_id, event_type=event.event_type, **event.ids())
         type_label = event.event_type if event.known else "unknown"
         if not event.known:
             # Accepted all the same: a 4xx makes Codat retry and finally disable the endpoint.

@@ -10,13 +10,12 @@ doubt (the worker died or timed out mid-call), and the new owner must look befor
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-STATUSES = frozenset({"PendingAuth", "Linked", "Unlinked", "Deauthorized", "Deleted"})
+from service.core.clock import iso, now_ms
+from service.stores.keys import connection as key
 
 # ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1": Codat's
 # own answer, which is the truth as of now), first link ("1": the event says the connection was
@@ -88,20 +87,6 @@ return 1
 """
 
 
-def key(connection_id: str) -> str:
-    return f"codat:connection:{connection_id}"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Applied(NamedTuple):
     outcome: str  # "applied" | "stale" | "tied"
     status: str | None  # the status now
@@ -125,20 +110,27 @@ class ConnectionStore:
         self._settle = redis.register_script(_SETTLE)
         self._release = redis.register_script(_RELEASE)
 
-    async def apply(self, *, connection_id: str, company_id: str, status: str, at_ms: int, event_type: str,
-                    authoritative: bool = False, first_link: bool = False) -> Applied:
+    async def apply(
+        self,
+        *,
+        connection_id: str,
+        company_id: str,
+        status: str,
+        at_ms: int,
+        event_type: str,
+        authoritative: bool = False,
+        first_link: bool = False,
+    ) -> Applied:
         """Write `status` as of `at_ms` unless a newer event wrote the current one, and keep the
         first-link mark whatever the outcome."""
         outcome, current, sync, seen = await self._apply(
             keys=[key(connection_id)],
-            args=[status, at_ms, company_id, connection_id, event_type, now_ms(), int(authoritative),
-                  int(first_link)],
+            args=[status, at_ms, company_id, connection_id, event_type, now_ms(), int(authoritative), int(first_link)],
         )
-        return Applied(_text(outcome), _text(current) if current else None,
-                       _text(sync) if sync else None, bool(seen))
+        return Applied(_text(outcome), _text(current) if current else None, _text(sync) if sync else None, bool(seen))
 
     async def claim_initial_sync(self, connection_id: str, owner: str, lease_ms: int) -> str:
-        """"claimed", "in_doubt" (call outcome unknown: look first), "orphaned" (in doubt, and
+        """ "claimed", "in_doubt" (call outcome unknown: look first), "orphaned" (in doubt, and
         not Linked now), "busy", "done", "not_first_linked" or "not_linked"."""
         return _text(await self._claim(keys=[key(connection_id)], args=[owner, now_ms(), lease_ms]))
 

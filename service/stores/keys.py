@@ -1,0 +1,79 @@
+"""Every Redis key this service reads or writes, and the arq job format, in one place (as
+arq's own constants.py holds arq's). The web process writes jobs here in arq's layout so that
+the stock arq worker runs them; the dead letters write the same jobs on a replay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix, job_key_prefix
+
+from service.core.config import DEDUP_TTL_SECONDS
+
+# arq's
+QUEUE_NAME = default_queue_name
+HEALTH_CHECK = QUEUE_NAME + health_check_key_suffix  # refreshed while a worker polls
+JOB_KEY_PREFIX = job_key_prefix
+IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
+
+# The one job: its arq function name, and how long a job waits to be started. The job outlives
+# the dedup record's horizon, so workers that are down for a day lose nothing (arq's default
+# would drop a job not started within 24 hours).
+PROCESS_EVENT = "process_event"
+JOB_TTL_MS = DEDUP_TTL_SECONDS * 1000
+# Tries of any kind (crashes, deferrals, retries) before a job becomes a dead letter. arq's own
+# max_tries is one higher, so that the job's policy (workers.jobs), not arq, has the last word.
+MAX_TRIES = 12
+ARQ_MAX_TRIES = MAX_TRIES + 1
+
+# Ours
+RATE_LIMIT_PAUSED_UNTIL = "codat:rate-limit:paused-until"
+RATE_LIMIT_DEFERRED = "codat:rate-limit:deferred"  # job ids deferred by the pause, woken by a reset
+DEAD_LETTERS = "codat:dead-letters"
+DEAD_LETTERS_BY_TIME = "codat:dead-letters:by-time"
+
+
+def seen(message_id: str) -> str:
+    """The dedup record of a message id."""
+    return f"codat:seen:{message_id}"
+
+
+def connection(connection_id: str) -> str:
+    return f"codat:connection:{connection_id}"
+
+
+def company_syncs(company_id: str) -> str:
+    return f"codat:sync:{company_id}"
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def event_job_id(message_id: str) -> str:
+    return f"event:{message_id}"
+
+
+def replay_job_id(letter_id: str) -> str:
+    return f"replay:{letter_id}"
+
+
+class Unqueueable(ValueError):
+    """The job cannot be written; `reason` is a stable label for logs and metrics."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def serialize_job(args: list[Any], enqueue_time_ms: int, function: str = PROCESS_EVENT) -> bytes:
+    """Raises Unqueueable for what orjson read but cannot write back: nesting past its depth
+    limit. Catching its error costs nothing per delivery; a depth scan first would not."""
+    try:
+        # The layout of arq.jobs.serialize_job, with orjson (the workers read it with orjson:
+        # workers.settings); job_try None means "first try".
+        return orjson.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
+    except orjson.JSONEncodeError as exc:
+        raise Unqueueable("too_deep" if "recursion" in str(exc).lower() else "not_serialisable") from None

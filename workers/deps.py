@@ -1,0 +1,57 @@
+"""What a job works with, built once per worker process from Settings (workers.settings) and
+handed to every job as one typed object, `ctx["deps"]`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.core.config import Settings
+from service.stores.connections import ConnectionStore
+from service.stores.deadletters import DeadLetters
+from service.stores.rate_limit import RateLimits
+from service.stores.syncs import SyncStore
+from workers.codat import CodatClient
+from workers.rate_limit import RateLimitGate
+
+
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    connections: ConnectionStore
+    syncs: SyncStore
+    dead_letters: DeadLetters
+    rate_limits: RateLimits
+    codat: CodatClient
+    # The initial-sync claim's lease: arq runs a job killed with its worker again once its
+    # in-progress key expires, after the job timeout + 10 s; the claim is leased exactly as long.
+    lease_ms: int
+    # A job's own budget for its Codat calls, inside arq's job timeout, so that a hung call is
+    # retried by the job's policy rather than failed by arq (which would neither retry nor keep it).
+    call_budget_seconds: float
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis) -> Deps:
+        rate_limits = RateLimits(redis)
+        return cls(
+            settings=settings,
+            connections=ConnectionStore(redis),
+            syncs=SyncStore(redis),
+            dead_letters=DeadLetters(redis),
+            rate_limits=rate_limits,
+            codat=CodatClient(
+                settings.codat_base_url, settings.codat_api_key or "", before_call=RateLimitGate(rate_limits)
+            ),
+            lease_ms=(settings.job_timeout_seconds + 10) * 1000,
+            call_budget_seconds=settings.job_timeout_seconds - 2,
+        )
+
+    async def aclose(self) -> None:
+        await self.codat.aclose()
+
+
+def deps_of(ctx: dict[str, Any]) -> Deps:
+    deps: Deps = ctx["deps"]
+    return deps

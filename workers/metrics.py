@@ -1,0 +1,27 @@
+"""Prometheus metrics of a worker, served on WORKER_METRICS_PORT (see service.web.metrics for
+why each process serves its own)."""
+
+from __future__ import annotations
+
+import structlog
+from prometheus_client import Counter, Histogram, start_http_server
+
+log = structlog.get_logger("workers.metrics")
+
+JOBS = Counter("codat_jobs", "Jobs by route and outcome.", ["route", "outcome"])
+JOB_SECONDS = Histogram("codat_job_duration_seconds", "Time a job ran, by route.", ["route"])
+CODAT_CALLS = Counter("codat_api_calls", "Calls to the Codat API by operation and status.", ["operation", "status"])
+CODAT_CALL_SECONDS = Histogram("codat_api_call_seconds", "Codat API call time, by operation.", ["operation"])
+SYNC_OUTCOMES = Counter(
+    "codat_sync_outcomes", "Dataset outcomes reported by Codat, by data type and status.", ["data_type", "status"]
+)
+CONNECTION_STATUSES = Counter("codat_connection_status_changes", "Connections moved to a status.", ["status"])
+
+
+def serve(port: int) -> None:
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:  # a worker without metrics still does its work
+        log.error("worker.metrics_port_unavailable", port=port, error=str(exc))
