@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench demo soak schema clean
+.PHONY: run test lint bench demo soak schema lock clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -29,8 +29,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/codat-webhooks demo
 
+# Every benchmark in one run, each figure beside bench/baseline.json (~6 min); BENCH_ARGS picks
+# parts, e.g. BENCH_ARGS='--parts drain,codat'. python -m bench.ingest is the ingest table alone.
 bench: $(STAMP)
-	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The chaos soak (tests/soak): ~10,000 deliveries per seed against web, 2 workers, Valkey and a failing Codat.
 soak: $(STAMP)
@@ -39,6 +41,13 @@ soak: $(STAMP)
 # Schemathesis on the sandbox's implemented operations, longer than the bounded run in `make test`.
 schema: $(STAMP)
 	$(BIN)/python -m tests.sandbox_schema --examples 500
+
+# deploy/requirements.lock, which the production image installs (hashes checked): pyproject.toml's
+# runtime dependencies, resolved for the image's Python and platform. Run it after changing them.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform linux \
+		--custom-compile-command "make lock" --quiet -o deploy/requirements.lock
 
 clean:
 	rm -rf $(VENV) .data

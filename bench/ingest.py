@@ -127,14 +127,9 @@ class Variant:
         self.store.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10, help="measured rounds per variant")
-    parser.add_argument("--requests", type=int, default=3000, help="deliveries per round")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
-    args = parser.parse_args()
-    uvloop.install()
-
+def measure(rounds: int, count: int, connections: int) -> dict[str, dict[str, float]]:
+    """Per variant: median round's requests/s, p50/p99 ms over all rounds, the median per-round
+    ratio to naive, and the median web CPU per delivery (us)."""
     with tempfile.TemporaryDirectory() as scratch:
         valkey = ValkeyServer(data_dir=Path(scratch) / "valkey", appendonly="yes", appendfsync="everysec")
         valkey.start()
@@ -143,21 +138,40 @@ def main() -> int:
         variants = [Variant(name, database, env, valkey) for database, name in enumerate(VARIANTS)]
         try:
             for variant in variants:  # warm-up, not measured
-                variant.round(signed_requests(secret, variant.port, args.requests), args.connections, False)
-            for number in range(args.rounds):
+                variant.round(signed_requests(secret, variant.port, count), connections, False)
+            for number in range(rounds):
                 for variant in variants:
-                    requests = signed_requests(secret, variant.port, args.requests)
-                    result = variant.round(requests, args.connections)
-                    print(
-                        f"round {number + 1}/{args.rounds} {variant.name}: {result['rps']:,.0f} req/s", file=sys.stderr
-                    )
+                    requests = signed_requests(secret, variant.port, count)
+                    result = variant.round(requests, connections)
+                    print(f"round {number + 1}/{rounds} {variant.name}: {result['rps']:,.0f} req/s", file=sys.stderr)
         finally:
             for variant in variants:
                 variant.stop()
             valkey.stop()
 
-    by_name = {variant.name: variant for variant in variants}
-    naive_rounds = [r["rps"] for r in by_name["naive"].rounds]
+    naive_rounds = [r["rps"] for r in variants[1].rounds]
+    table = {}
+    for variant in variants:
+        rps = [r["rps"] for r in variant.rounds]
+        latencies = sorted(variant.latencies)
+        table[variant.name] = {
+            "rps": statistics.median(rps),
+            "p50": latencies[len(latencies) // 2] * 1000,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000,
+            "vs_naive": statistics.median(a / b for a, b in zip(rps, naive_rounds, strict=True)),
+            "cpu_us": statistics.median(r["cpu_us"] for r in variant.rounds),
+        }
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="measured rounds per variant")
+    parser.add_argument("--requests", type=int, default=3000, help="deliveries per round")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
+    args = parser.parse_args()
+    uvloop.install()
+    table = measure(args.rounds, args.requests, args.connections)
     print(
         f"\n{args.rounds} rounds x {args.requests} signed deliveries per variant, {args.connections} "
         f"connections, {os.cpu_count()} cores; median round, latency over all rounds\n"
@@ -167,16 +181,10 @@ def main() -> int:
         f"| {'web CPU us/req':>14} |"
     )
     print(f"|{'-' * 10}|{'-' * 11}:|{'-' * 8}:|{'-' * 8}:|{'-' * 9}:|{'-' * 15}:|")
-    for variant in variants:
-        rps = [r["rps"] for r in variant.rounds]
-        ratio = statistics.median(a / b for a, b in zip(rps, naive_rounds, strict=True))
-        latencies = sorted(variant.latencies)
-        p50 = latencies[len(latencies) // 2] * 1000
-        p99 = latencies[int(len(latencies) * 0.99)] * 1000
-        cpu = statistics.median(r["cpu_us"] for r in variant.rounds)
+    for name, row in table.items():
         print(
-            f"| {variant.name:<8} | {statistics.median(rps):>10,.0f} | {p50:>7.2f} | {p99:>7.2f} "
-            f"| {ratio:>7.2f}x | {cpu:>14.0f} |"
+            f"| {name:<8} | {row['rps']:>10,.0f} | {row['p50']:>7.2f} | {row['p99']:>7.2f} "
+            f"| {row['vs_naive']:>7.2f}x | {row['cpu_us']:>14.0f} |"
         )
     return 0
 

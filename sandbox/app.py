@@ -129,7 +129,8 @@ def create_app(
     """Settings default to the environment: SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET (signs what
     is sent), SANDBOX_WEBHOOK_URL (a consumer registered at start), SANDBOX_TIME_SCALE (delivery
     retry schedule), SANDBOX_PULL_STEP_SECONDS (time per dataset status), SANDBOX_ALLOW_ANY_HOST
-    (1: deliver to consumers beyond loopback)."""
+    (1: deliver to consumers beyond loopback), SANDBOX_FETCH_ON_FIRST_LINK (data types a first
+    link queues by itself, as Codat's Fetch on first link does; empty by default)."""
     sandbox = sandbox or Sandbox()
     api_key = api_key or os.environ.get("SANDBOX_API_KEY", DEV_API_KEY)
     # A comma list (as in CODAT_WEBHOOK_SECRETS) signs with the first.
@@ -149,6 +150,8 @@ def create_app(
         else float(os.environ.get("SANDBOX_PULL_STEP_SECONDS", "0.2"))
     )
     lifecycle = Lifecycle(sandbox, sender, public_url, step)
+    fetch = os.environ.get("SANDBOX_FETCH_ON_FIRST_LINK", "")
+    sandbox.fetch_on_first_link = tuple(t.strip() for t in fetch.split(",") if t.strip())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -4,12 +4,16 @@ revoking access) and let tests seed state, switch faults on and read back what h
 - GET/POST /link/{companyId}: the page a company's `redirect` points at; its button finishes Link
 - POST /_sandbox/companies/{id}/link: the same, for scripts ({"platformKey": "mqjo"} optional)
 - POST /_sandbox/companies/{id}/connections/{id}/deauthorize | relink
-- PUT /_sandbox/companies/{id}/connections/{id}: seed a connection in a status (no events)
-- PUT /_sandbox/companies/{id}/faults: [{status, retryAfter, delay, times, match}]
+- PUT /_sandbox/companies/{id}/connections/{id}: seed a connection in a status (no events);
+  {"status", "created", "pulls": [dataType, ...]} (pulls completed when it was created)
+- PUT /_sandbox/fetch-on-first-link: {"dataTypes": [...]}: a first link queues those pulls by itself
+- PUT /_sandbox/companies/{id}/faults: [{status, retryAfter, delay, times, match}]; id `*`: any call
 - PUT /_sandbox/chaos: {rate, seed, statuses, retryAfter, delay}: random faults on every company's
   Codat API calls (never on these routes); {"rate": 0} switches them off
 - PUT /_sandbox/companies/{id}/pull-outcomes: {"invoices": "FetchError"}: how pulls end
-- GET /_sandbox/calls, GET /_sandbox/deliveries, POST /_sandbox/reset
+- GET /_sandbox/calls, GET /_sandbox/deliveries (each attempt; a message given up after the
+  schedule's last attempt, and a consumer disabled after 5 days of failures, are recorded too),
+  POST /_sandbox/reset
 """
 
 from __future__ import annotations
@@ -75,7 +79,21 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         connection = sandbox.put_connection(
             company, request.path_params["connection_id"], body.get("status", "Linked"), link_base=lifecycle.link_base
         )
+        if isinstance(body.get("created"), str):
+            connection["created"] = body["created"]
+        # Pulls done long ago (a connection synced before the service was deployed): complete.
+        for data_type in body.get("pulls") or []:
+            pull = sandbox.queue_pull(company, connection["id"], str(data_type), requested=connection["created"])
+            pull.update(status="Complete", progress=100, isCompleted=True, completed=connection["created"])
         return JSONResponse(connection)
+
+    async def set_fetch_on_first_link(request: Request) -> Response:
+        body = await request.json()
+        data_types = body.get("dataTypes") if isinstance(body, dict) else None
+        if not isinstance(data_types, list) or not all(isinstance(t, str) for t in data_types):
+            return JSONResponse({"error": "dataTypes must be a list of data types"}, 400)
+        sandbox.fetch_on_first_link = tuple(data_types)
+        return JSONResponse({"dataTypes": data_types})
 
     async def set_faults(request: Request) -> Response:
         body = await request.json()
@@ -133,6 +151,7 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         Route(f"{company}/faults", set_faults, methods=["PUT"]),
         Route(f"{company}/pull-outcomes", set_pull_outcomes, methods=["PUT"]),
         Route("/_sandbox/chaos", set_chaos, methods=["PUT"]),
+        Route("/_sandbox/fetch-on-first-link", set_fetch_on_first_link, methods=["PUT"]),
         Route("/_sandbox/chaos", get_chaos, methods=["GET"]),
         Route("/_sandbox/calls", calls, methods=["GET"]),
         Route("/_sandbox/deliveries", deliveries, methods=["GET"]),

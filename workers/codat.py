@@ -81,6 +81,25 @@ class CodatClient:
                 return None
             raise
 
+    async def list_companies(self, page: int, page_size: int) -> tuple[list[dict[str, Any]], bool]:
+        """One page of companies (each with its `dataConnections`), and whether more follow."""
+        response = await self._call("list_companies", "GET", "/companies", params={"page": page, "pageSize": page_size})
+        body = response.json()
+        results = body.get("results") if isinstance(body, dict) else None
+        results = [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+        total = body.get("totalResults") if isinstance(body, dict) else None
+        more = page * page_size < total if isinstance(total, int) else len(results) == page_size
+        return results, more
+
+    async def get_company(self, company_id: str) -> dict[str, Any] | None:
+        """The company with its `dataConnections`; None if Codat does not know it."""
+        try:
+            return (await self._call("get_company", "GET", f"/companies/{company_id}")).json()
+        except Rejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def refresh_all(self, company_id: str) -> None:
         await self._call("refresh_all", "POST", f"/companies/{company_id}/data/all")
 

@@ -67,7 +67,7 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
     # Whatever event caused the change, and even when it changed nothing (a late, stale
     # `connection.connected` still says "first linked"), the initial sync follows the state.
     if applied.initial_sync_due:
-        return await request_initial_sync(deps, event, job_id)
+        return await request_initial_sync(deps, event.company_id, event.connection_id, job_id)
     return "stale" if applied.outcome == "stale" else applied.status or "unknown"
 
 
@@ -82,10 +82,16 @@ def _log_status(event: Event, status: str | None) -> None:
         log.info("connection.status", status=status)
 
 
-async def request_initial_sync(deps: Deps, event: Event, owner: str) -> str:
-    """`owner`: the job id, whose reruns find their own claim."""
+async def request_initial_sync(deps: Deps, company_id: str, connection_id: str, owner: str) -> str:
+    """`owner`: the job id, whose reruns find their own claim. CODAT_INITIAL_SYNC decides what
+    a due initial sync is: `request` calls Codat; `auto` first looks at the connection's pull
+    history since its first link and, if Codat already queued pulls (its Fetch on first link),
+    records those as the initial sync and calls only for what is missing; `off` keeps state only."""
     store, codat = deps.connections, deps.codat
-    company_id, connection_id = str(event.company_id), str(event.connection_id)
+    policy = deps.settings.initial_sync
+    if policy == "off":
+        log.info("sync.initial_skipped", reason="policy_off")
+        return "initial_sync_off"
     claim = await store.claim_initial_sync(connection_id, owner, deps.lease_ms)
     if claim in ("done", "busy", "not_linked", "not_first_linked"):
         log.info("sync.initial_skipped", reason=claim)
@@ -93,12 +99,21 @@ async def request_initial_sync(deps: Deps, event: Event, owner: str) -> str:
     data_types = deps.settings.sync_data_types
     pending = list(data_types)
     requested: set[str] = set()
-    if claim in ("in_doubt", "orphaned"):
-        claimed_at = await store.claimed_at(connection_id)
-        requested = await _requested_since(codat, company_id, connection_id, claimed_at)
+    if claim in ("in_doubt", "orphaned") or policy == "auto":
+        if claim == "claimed":  # auto: what did Codat queue by itself since the link?
+            since = await store.first_link_at(connection_id)
+        else:  # in doubt: what did a call of ours, since the claim, get done?
+            since = await store.claimed_at(connection_id)
+        requested = await requested_since(codat, company_id, connection_id, since)
+        if claim != "claimed":
+            log.info("sync.initial_in_doubt", already_requested=sorted(requested))
         pending = [t for t in data_types if t not in requested]
         if requested and not pending:
-            return await _settle(store, connection_id, owner, recovered=True)
+            if claim == "claimed":
+                log.info("sync.initial_found_queued", data_types=sorted(requested))
+            return await _settle(
+                store, connection_id, owner, recovered=claim != "claimed", codat_queued=claim == "claimed"
+            )
         if claim == "orphaned":
             return await _resolve_orphan(store, connection_id, owner, requested)
     done = 0
@@ -138,9 +153,9 @@ async def _resolve_orphan(store: ConnectionStore, connection_id: str, owner: str
     return "initial_sync_released"
 
 
-async def _requested_since(codat: CodatClient, company_id: str, connection_id: str, claimed_at: int | None) -> set[str]:
-    """Data types Codat has pulls for, on this connection, requested since the claim."""
-    since = (claimed_at or 0) - _CLOCK_SKEW_MS
+async def requested_since(codat: CodatClient, company_id: str, connection_id: str, since_ms: int | None) -> set[str]:
+    """Data types Codat has pulls for, on this connection, requested since `since_ms`."""
+    since = (since_ms or 0) - _CLOCK_SKEW_MS
     found = set()
     try:
         pulls = await codat.pull_history(company_id)
@@ -152,7 +167,6 @@ async def _requested_since(codat: CodatClient, company_id: str, connection_id: s
         requested = parse_time_ms(pull.get("requested"))
         if pull.get("connectionId") == connection_id and requested is not None and requested >= since:
             found.add(str(pull.get("dataType")))
-    log.info("sync.initial_in_doubt", already_requested=sorted(found))
     return found
 
 

@@ -12,6 +12,7 @@ from service.core.config import Settings
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.rate_limit import RateLimits
+from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
 from workers.codat import CodatClient
 from workers.rate_limit import RateLimitGate
@@ -24,6 +25,7 @@ class Deps:
     syncs: SyncStore
     dead_letters: DeadLetters
     rate_limits: RateLimits
+    reconciles: ReconcileStore
     codat: CodatClient
     # The initial-sync claim's lease: arq runs a job killed with its worker again once its
     # in-progress key expires, after the job timeout + 10 s; the claim is leased exactly as long.
@@ -41,6 +43,7 @@ class Deps:
             syncs=SyncStore(redis),
             dead_letters=DeadLetters(redis),
             rate_limits=rate_limits,
+            reconciles=ReconcileStore(redis),
             codat=CodatClient(
                 settings.codat_base_url, settings.codat_api_key or "", before_call=RateLimitGate(rate_limits)
             ),

@@ -4,7 +4,7 @@ why each process serves its own)."""
 from __future__ import annotations
 
 import structlog
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = structlog.get_logger("workers.metrics")
 
@@ -15,6 +15,13 @@ CODAT_CALL_SECONDS = Histogram("codat_api_call_seconds", "Codat API call time, b
 SYNC_OUTCOMES = Counter(
     "codat_sync_outcomes", "Dataset outcomes reported by Codat, by data type and status.", ["data_type", "status"]
 )
+RECONCILE_DRIFT = Counter(
+    "codat_reconcile_drift", "What the reconcile found out of line with Codat's API, by kind.", ["kind"]
+)
+RECONCILE_INTERVAL = Gauge(
+    "codat_reconcile_interval_seconds", "RECONCILE_INTERVAL_SECONDS: how often a reconcile runs; 0 = never."
+)
+RECONCILE_RUNS = Counter("codat_reconcile_runs", "Reconcile runs by outcome (completed, failed).", ["outcome"])
 CONNECTION_STATUSES = Counter("codat_connection_status_changes", "Connections moved to a status.", ["status"])
 
 

@@ -1,37 +1,108 @@
-"""arq's Worker, riding out Redis outages instead of exiting.
+"""arq's Worker, taking due jobs in batches, woken when work arrives, riding out Redis outages.
 
-arq's poll loop lets any Redis error escape `main()`, so a Redis restart or failover ends the
-worker process with status 1, and an error between "slot taken" and "job started" in
-`start_jobs` leaks a slot for good. This subclass changes only that: a poll iteration that
-meets a Redis error logs the outage once, waits with capped exponential backoff and tries
-again (redis-py reconnects on the next command); the first iteration that succeeds logs the
-recovery once. Jobs that were running keep their in-progress keys, so arq runs any job that
-could not finish again once its key expires, which the jobs are written to tolerate.
+Stays on arq: jobs, retries, deferral, timeouts, results, cron and shutdown are arq's own, and
+each job runs through arq's `run_job`. Three hooks are missing, so this subclass overrides
+`_poll_iteration` (the body of arq's poll loop) and adds what it needs:
+
+- **Batch claim.** arq's `start_jobs` takes one job per four round trips (WATCH, EXISTS, ZSCORE,
+  MULTI/PSETEX/EXEC) and every worker reads the same head of the queue, so with Redis a network
+  hop away a worker runs ~1 / (4 x round trip) jobs a second and a second worker mostly loses
+  races. Here one script call (service.stores.jobqueue) claims up to the free slots' worth of
+  due jobs, setting arq's in-progress key with arq's timeout, so workers take disjoint jobs.
+  A slot is taken only for a job the script claimed, with no await between, so a Redis error
+  can never leak one. If the reply to a claim is lost, those jobs' in-progress keys expire
+  (job timeout + 10 s) and arq runs them then, as it does for a worker killed mid-job.
+- **Wake on arrival.** The intake script PUBLISHes on `keys.QUEUE_WAKE` once per batch it
+  queues; each worker keeps one subscribed connection and, between iterations, waits for a
+  message, a slot coming free, the next deferred job's due time, or the poll delay, whichever
+  comes first. Polling stays as the fallback (a message published while a worker reconnects is
+  lost; a killed worker's job comes due by expiry, not by a message), so an idle worker makes
+  one cheap script call per poll delay and a delivery reaches a worker in about a round trip.
+- **Redis outages.** arq lets any Redis error escape `main()`, which ends the process on a
+  Redis restart or failover. A poll iteration that meets one logs the outage once
+  (`worker.redis_unavailable`), waits with capped exponential backoff and tries again (redis-py
+  reconnects on the next command); the first iteration that succeeds logs the recovery once.
+  Jobs that were running keep their in-progress keys, so any that could not finish run again
+  once the key expires, which the jobs are written to tolerate.
+
+And per job, less CPU: the worker's loop is uvloop; the pool packs commands with hiredis, as
+the web's client does (service.stores.client); arq's own "→ job started" / "← job done" info
+lines are dropped, because `event.processed` says the same (route, outcome, ids) once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Any
 
 import structlog
+import uvloop
+from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.asyncio.connection import Connection
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from service.stores import jobqueue
+from service.stores.keys import QUEUE_WAKE
 
 log = structlog.get_logger("workers.worker")
 
 OUTAGE_BACKOFF_START_SECONDS = 0.1
 OUTAGE_BACKOFF_MAX_SECONDS = 5.0
+# Queue entries one claim looks at, at most: enough to step over the jobs every other worker
+# holds (in-progress jobs stay in the queue until they finish), bounded so the script stays short.
+CLAIM_SCAN = 1000
+
+
+def _not_per_job_lines(record: logging.LogRecord) -> bool:
+    """arq's '%6.2fs → job(args)' and '%6.2fs ← job ● result' info lines: one fact, which
+    `event.processed` writes once with the ids. Retries, failures and the rest stay."""
+    msg = record.msg
+    return not (isinstance(msg, str) and msg.startswith(("%6.2fs → ", "%6.2fs ← ")))
+
+
+logging.getLogger("arq.worker").addFilter(_not_per_job_lines)
+# The standard library looks up the caller's file and line for every record it makes (arq's,
+# httpx's); no line of ours renders them (service.core.logs), so skip the stack walk. This is
+# the knob the logging documentation gives for it ("Optimization").
+logging._srcfile = None
+
+
+class _HiredisPacked(Connection):
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
 
 
 class ResilientWorker(Worker):
     _outage_since: float | None = None
     _outage_backoff: float = OUTAGE_BACKOFF_START_SECONDS
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # arq's Worker takes the current event loop when it is built: make it uvloop's.
+            asyncio.set_event_loop(uvloop.new_event_loop())
+        super().__init__(*args, **kwargs)
+        # arq's poll loop sleeps `poll_delay` between iterations; this worker waits in
+        # `_poll_iteration` instead (woken early), so arq's own sleep is none.
+        self.wait_s = self.poll_delay_s
+        self.poll_delay_s = 0
+        self._ready = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._next_due_ms: int | None = None
+        # The last claim filled every free slot: more may be due, so a slot coming free wakes.
+        self._saturated = False
+
     async def _poll_iteration(self) -> None:
         try:
-            await super()._poll_iteration()
+            await self._iteration()
         except (RedisError, OSError) as exc:
             await self._outage(exc)
             return
@@ -39,6 +110,7 @@ class ResilientWorker(Worker):
             log.warning("worker.redis_recovered", outage_seconds=round(time.monotonic() - self._outage_since, 1))
             self._outage_since = None
             self._outage_backoff = OUTAGE_BACKOFF_START_SECONDS
+        await self._wait()
 
     async def _outage(self, exc: BaseException) -> None:
         if self._outage_since is None:
@@ -47,22 +119,98 @@ class ResilientWorker(Worker):
         await asyncio.sleep(self._outage_backoff)
         self._outage_backoff = min(OUTAGE_BACKOFF_MAX_SECONDS, self._outage_backoff * 2)
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # arq takes a slot (semaphore + counter) before its WATCH/MULTI; a Redis error there
-        # would keep the slot forever. Start one job at a time so a failure frees exactly it.
-        for job_id in job_ids:
-            if self.job_counter >= self.max_jobs:
-                return
-            started = self.tasks.get(job_id.decode())
+    async def _iteration(self) -> None:
+        """arq's `_poll_iteration`, with one claim script call in place of ZRANGEBYSCORE and
+        `start_jobs`."""
+        if self._listener is None:
+            self._start()
+        self._ready.clear()  # anything from here on wakes the wait that follows
+        free = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            free = min(free, self.max_burst_jobs - self._jobs_started())
+        if self.allow_pick_jobs and free > 0:
+            claimed, self._next_due_ms = await jobqueue.claim_due(
+                self.pool,
+                timestamp_ms(),
+                free,
+                int(self.in_progress_timeout_s * 1000),
+                CLAIM_SCAN,
+                self.queue_name,
+            )
+            self._saturated = len(claimed) == free
+            for job_id, score in claimed:
+                await self.sem.acquire()  # never waits: a slot is free (job_counter < max_jobs)
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(self._job_done)
+                self.tasks[job_id] = task
+
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # as arq: an error in run_job surfaces here
+
+        await self.heart_beat()
+
+    def _job_done(self, _: asyncio.Task[Any]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self._saturated:
+            self._ready.set()
+
+    async def _wait(self) -> None:
+        """Until work arrives, a slot frees, the next deferred job is due, or the poll delay."""
+        timeout = self.wait_s
+        if self._next_due_ms is not None:
+            timeout = max(0.0, min(timeout, (self._next_due_ms - timestamp_ms()) / 1000))
+        if self._ready.is_set() or timeout <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _start(self) -> None:
+        # The pool arq built: let it pack with hiredis from its next connection on.
+        pool = self.pool.connection_pool
+        if pool.connection_class is Connection:
+            pool.connection_class = _HiredisPacked
+        self._listener = self.loop.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """One subscribed connection: every message on the wake channel wakes the poll loop.
+        Losing it only means polling until it is back."""
+        backoff = OUTAGE_BACKOFF_START_SECONDS
+        while True:
+            pubsub = self.pool.pubsub()
             try:
-                await super().start_jobs([job_id])
+                await pubsub.subscribe(QUEUE_WAKE)
+                backoff = OUTAGE_BACKOFF_START_SECONDS
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None:
+                        self._ready.set()
             except (RedisError, OSError):
-                if self.tasks.get(job_id.decode()) is started:
-                    self.job_counter -= 1
-                    self.sem.release()
-                raise
+                await asyncio.sleep(backoff)
+                backoff = min(OUTAGE_BACKOFF_MAX_SECONDS, backoff * 2)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except (RedisError, OSError):
+                    pass
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+            except (RedisError, OSError):
+                pass
+            self._listener = None
         try:
             await super().close()
         except (RedisConnectionError, OSError) as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 MAX_BODY_BYTES = 1024 * 1024
 MIN_SECRET_BYTES = 16
+INITIAL_SYNC_POLICIES = ("request", "auto", "off")
 
 
 class ConfigError(Exception):
@@ -32,6 +33,8 @@ class Settings:
     worker_metrics_port: int = 0
     shutdown_wait_seconds: int = 30
     retry_base_seconds: float = 2.0
+    initial_sync: str = "request"  # request | auto | off (workers.connection_events)
+    reconcile_interval_seconds: int = 3600  # 0: never (workers.reconcile)
     log_level: str = "info"
     log_format: str = "json"
     port: int = 8000
@@ -75,6 +78,9 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "json").lower()
         if log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, not {log_format!r}")
+        initial_sync = env.get("CODAT_INITIAL_SYNC", "request").strip().lower() or "request"
+        if initial_sync not in INITIAL_SYNC_POLICIES:
+            raise ConfigError(f"CODAT_INITIAL_SYNC must be request, auto or off, not {initial_sync!r}")
         return cls(
             redis_url=redis_url,
             webhook_secrets=secrets,
@@ -88,6 +94,8 @@ class Settings:
             worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, minimum=0),
             shutdown_wait_seconds=_int(env, "WORKER_SHUTDOWN_WAIT", 30, minimum=1),
             retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
+            initial_sync=initial_sync,
+            reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", 3600, minimum=0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),

@@ -77,8 +77,10 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
         text_renderer: Processor = structlog.processors.JSONRenderer(serializer=_orjson_text)
         factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
-        tail = []
-        renderer = text_renderer = structlog.dev.ConsoleRenderer()
+        from service.core.consolelog import ConsoleLine
+
+        tail = [structlog.processors.format_exc_info]
+        renderer = text_renderer = ConsoleLine()
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=[*shared, *tail, renderer],
@@ -103,9 +105,27 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
         library.propagate = True
     # httpx logs every request at info: the worker's own lines already say what it called.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if fmt == "console" and level.lower() != "debug":
+        _quiet_libraries_for_people()
     # Warnings and a crash's traceback would otherwise go to stderr as plain text.
     logging.captureWarnings(True)
     sys.excepthook = _log_crash
+
+
+class _OnlyWhereItListens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage().startswith("Uvicorn running on")
+
+
+def _quiet_libraries_for_people() -> None:
+    """At a terminal, our own lines tell what happened. arq's per-job lines (`→ job(...)`, `←`),
+    its health-check records and uvicorn's startup chatter repeat it; they stay at debug, and in
+    the JSON lines, where a pipeline filters rather than a person reads."""
+    for name in ("arq.worker", "arq.jobs", "arq.connections"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uvicorn = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _OnlyWhereItListens) for f in uvicorn.filters):
+        uvicorn.addFilter(_OnlyWhereItListens())
 
 
 def _log_crash(kind: type[BaseException], error: BaseException, traceback: Any) -> None:

@@ -19,8 +19,9 @@ from service.stores.keys import connection as key
 
 # ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1": Codat's
 # own answer, which is the truth as of now), first link ("1": the event says the connection was
-# linked for the first time). The first-link mark is kept whatever the outcome: a stale
-# `connection.connected` still says the connection was once linked for the first time.
+# linked for the first time). The first-link mark, and the time the event gives for it, is kept
+# whatever the outcome: a stale `connection.connected` still says the connection was once linked
+# for the first time.
 # Returns {outcome, status now, initialSync, firstLinkSeen}.
 _APPLY = """
 local current, current_at, sync, seen = unpack(redis.call('HMGET', KEYS[1], 'status', 'statusAt',
@@ -36,14 +37,14 @@ elseif at == current_at and current and current ~= ARGV[1] then
   outcome = 'tied'
 end
 if ARGV[8] == '1' and current and not seen then
-  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[6])
+  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[2])
   seen = '1'
 end
 if outcome ~= 'applied' then return {outcome, current or false, sync or false, seen or false} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'statusAt', at, 'companyId', ARGV[3],
            'connectionId', ARGV[4], 'lastEventType', ARGV[5], 'updatedAt', ARGV[6])
 if ARGV[8] == '1' and not seen then
-  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[6])
+  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[2])
   seen = '1'
 end
 return {outcome, ARGV[1], sync or false, seen or false}
@@ -143,6 +144,11 @@ class ConnectionStore:
     async def claimed_at(self, connection_id: str) -> int | None:
         value = await self._redis.hget(key(connection_id), "initialSyncClaimedAt")
         return int(value) if value is not None else None
+
+    async def first_link_at(self, connection_id: str) -> int | None:
+        """When the first link happened, as the event that told of it says."""
+        value = await self._redis.hget(key(connection_id), "firstLinkAt")
+        return int(float(value)) if value is not None else None
 
     async def get(self, connection_id: str) -> dict[str, Any] | None:
         """The reconciled state, as /ops shows it."""

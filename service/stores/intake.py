@@ -22,22 +22,27 @@ from redis.asyncio import Redis
 from service.core.config import DEDUP_TTL_SECONDS
 from service.core.events import Event
 from service.stores import keys
-from service.stores.keys import JOB_TTL_MS, QUEUE_NAME, serialize_job
+from service.stores.keys import JOB_TTL_MS, QUEUE_NAME, QUEUE_WAKE, serialize_job
 
 # One call for a whole batch. KEYS: the queue, then per event its dedup key and job key.
-# ARGV: dedup ttl (s), job ttl (ms), then per event its job id, job and score (ms).
-# Returns 1 (queued) or 0 (seen before) per event, in order.
+# ARGV: dedup ttl (s), job ttl (ms), the workers' wake channel, then per event its job id, job
+# and score (ms). Returns 1 (queued) or 0 (seen before) per event, in order. A batch that
+# queued anything publishes one message, which wakes the waiting workers (workers.worker).
 _ENQUEUE_ONCE = """
-local queued = {}
+local queued, any = {}, false
 for i = 2, #KEYS, 2 do
-  local arg = 3 + (i - 2) / 2 * 3
+  local arg = 4 + (i - 2) / 2 * 3
   if redis.call('SET', KEYS[i], ARGV[arg + 2], 'NX', 'EX', ARGV[1]) then
     redis.call('SET', KEYS[i + 1], ARGV[arg + 1], 'PX', ARGV[2])
     redis.call('ZADD', KEYS[1], ARGV[arg + 2], ARGV[arg])
     queued[#queued + 1] = 1
+    any = true
   else
     queued[#queued + 1] = 0
   end
+end
+if any then
+  redis.call('PUBLISH', ARGV[3], '1')
 end
 return queued
 """
@@ -72,7 +77,7 @@ class Intake:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             names: list[Any] = [QUEUE_NAME]
-            args: list[Any] = [DEDUP_TTL_SECONDS, JOB_TTL_MS]
+            args: list[Any] = [DEDUP_TTL_SECONDS, JOB_TTL_MS, QUEUE_WAKE]
             for seen_key, job_key, jid, job, score, _ in batch:
                 names += (seen_key, job_key)
                 args += (jid, job, score)

@@ -17,6 +17,9 @@ QUEUE_NAME = default_queue_name
 HEALTH_CHECK = QUEUE_NAME + health_check_key_suffix  # refreshed while a worker polls
 JOB_KEY_PREFIX = job_key_prefix
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
+# Ours, beside arq's queue: a pub/sub channel (not a key) the intake publishes on once per batch
+# it queues, so that waiting workers start at once instead of at their next poll.
+QUEUE_WAKE = QUEUE_NAME + ":wake"
 
 # The one job: its arq function name, and how long a job waits to be started. The job outlives
 # the dedup record's horizon, so workers that are down for a day lose nothing (arq's default
@@ -33,6 +36,12 @@ RATE_LIMIT_PAUSED_UNTIL = "codat:rate-limit:paused-until"
 RATE_LIMIT_DEFERRED = "codat:rate-limit:deferred"  # job ids deferred by the pause, woken by a reset
 DEAD_LETTERS = "codat:dead-letters"
 DEAD_LETTERS_BY_TIME = "codat:dead-letters:by-time"
+RECONCILE_RUN = "codat:reconcile:run"  # the run in progress: its cursor and counts per page
+RECONCILE_LOCK = "codat:reconcile:lock"  # one run at a time across all workers (leased)
+RECONCILE_LAST = "codat:reconcile:last"  # the last complete run's summary
+# When a worker of this deployment first started: connections Codat created before it were
+# linked before this service listened (workers.reconcile).
+DEPLOYED_AT = "codat:deployed-at"
 
 
 def seen(message_id: str) -> str:

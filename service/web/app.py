@@ -18,6 +18,7 @@ from service.stores.client import connect
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.intake import Intake
+from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
 from service.web.metrics import metrics_endpoint
 from service.web.ops import ops_routes
@@ -61,5 +62,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint(redis)),
     ]
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
-        routes += ops_routes(settings.ops_token, ConnectionStore(redis), DeadLetters(redis), SyncStore(redis))
+        routes += ops_routes(
+            settings.ops_token, ConnectionStore(redis), DeadLetters(redis), SyncStore(redis), ReconcileStore(redis)
+        )
     return Starlette(routes=routes, lifespan=lifespan)

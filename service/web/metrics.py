@@ -19,7 +19,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -39,12 +42,41 @@ ACK_SECONDS = Histogram(
     "Time from a delivery's arrival to its answer.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0, 10.0),
 )
-QUEUE_DEPTH = Gauge("codat_queue_depth", "Jobs in the queue, due now or deferred.")
-QUEUE_OLDEST_AGE = Gauge("codat_queue_oldest_job_age_seconds", "How long the oldest job that is due has waited.")
-DEAD_LETTERS = Gauge("codat_dead_letters", "Dead letters waiting for a replay.")
-WORKER_POLLING = Gauge("codat_worker_polling", "1 while some worker's health check in Redis is fresh.")
-RATE_LIMIT_PAUSED = Gauge("codat_rate_limit_paused", "1 while outgoing Codat calls are paused.")
 REDIS_UP = Gauge("codat_redis_up", "1 if Redis answered the last scrape.")
+
+# Read from Redis at each scrape. Without Redis there is no value to give: these are then left out
+# of the scrape, so that a graph shows a gap and an alert on them sees no data, where a last value
+# kept (or a 0) would claim an empty queue and no dead letters while nobody can tell.
+SERVICE_STATE = {
+    "codat_queue_depth": "Jobs in the queue, due now or deferred.",
+    "codat_queue_oldest_job_age_seconds": "How long the oldest job that is due has waited.",
+    "codat_dead_letters": "Dead letters waiting for a replay.",
+    "codat_worker_polling": "1 while some worker's health check in Redis is fresh.",
+    "codat_rate_limit_paused": "1 while outgoing Codat calls are paused.",
+    "codat_reconcile_last_completed_timestamp_seconds": "When the last complete reconcile ended (absent: none yet).",
+}
+
+
+class ServiceState(Collector):
+    """The service-wide gauges, as last read from Redis; none at all while Redis is away."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] | None = None
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, help) for name, help in SERVICE_STATE.items()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        values = self.values
+        if values is None:
+            return []
+        return [
+            GaugeMetricFamily(name, help, value=values[name]) for name, help in SERVICE_STATE.items() if name in values
+        ]
+
+
+STATE = ServiceState()
+REGISTRY.register(STATE)
 
 _delivery_counters: dict[tuple[str, str, str], Any] = {}
 
@@ -67,12 +99,17 @@ async def read_service_state(redis: Redis) -> None:
         pipe.hlen(keys.DEAD_LETTERS)
         pipe.exists(keys.HEALTH_CHECK)
         pipe.exists(keys.RATE_LIMIT_PAUSED_UNTIL)
-        depth, oldest, letters, polling, paused = await pipe.execute()
-    QUEUE_DEPTH.set(depth)
-    QUEUE_OLDEST_AGE.set(max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0)
-    DEAD_LETTERS.set(letters)
-    WORKER_POLLING.set(1 if polling else 0)
-    RATE_LIMIT_PAUSED.set(1 if paused else 0)
+        pipe.get(keys.RECONCILE_LAST)
+        depth, oldest, letters, polling, paused, reconciled = await pipe.execute()
+    last_reconcile = orjson.loads(reconciled)["finishedAt"] / 1000 if reconciled else None
+    STATE.values = {
+        **({"codat_reconcile_last_completed_timestamp_seconds": last_reconcile} if last_reconcile else {}),
+        "codat_queue_depth": depth,
+        "codat_queue_oldest_job_age_seconds": max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0,
+        "codat_dead_letters": letters,
+        "codat_worker_polling": 1 if polling else 0,
+        "codat_rate_limit_paused": 1 if paused else 0,
+    }
 
 
 def metrics_endpoint(redis: Redis) -> Any:
@@ -81,7 +118,8 @@ def metrics_endpoint(redis: Redis) -> Any:
             await read_service_state(redis)
             REDIS_UP.set(1)
         except (RedisError, OSError):
-            REDIS_UP.set(0)  # the other service-wide gauges keep their last values
+            STATE.values = None  # absent, not stale: see SERVICE_STATE
+            REDIS_UP.set(0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

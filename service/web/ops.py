@@ -12,12 +12,15 @@ from starlette.routing import Route
 
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
+from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
 
 log = structlog.get_logger("service.ops")
 
 
-def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLetters, syncs: SyncStore) -> list[Route]:
+def ops_routes(
+    token: str, connections: ConnectionStore, dead_letters: DeadLetters, syncs: SyncStore, reconciles: ReconcileStore
+) -> list[Route]:
     expected = f"Bearer {token}".encode()
 
     def refused(request: Request) -> JSONResponse | None:
@@ -60,7 +63,13 @@ def ops_routes(token: str, connections: ConnectionStore, dead_letters: DeadLette
         log.info("dead_letter.replayed", dead_letter_id=letter_id, job_id=job_id)
         return JSONResponse({"replayed": letter_id, "jobId": job_id}, 202)
 
+    async def reconcile(request: Request) -> JSONResponse:
+        if denial := refused(request):
+            return denial
+        return JSONResponse({"last": await reconciles.last(), "running": await reconciles.current()})
+
     return [
+        Route("/ops/reconcile", reconcile, methods=["GET"]),
         Route("/ops/connections/{connection_id}", connection, methods=["GET"]),
         Route("/ops/companies/{company_id}/syncs", company_syncs, methods=["GET"]),
         Route("/ops/dead-letters", list_dead_letters, methods=["GET"]),

@@ -153,6 +153,9 @@ class Stack:
             CODAT_API_KEY=API_KEY,
             WORKER_JOB_TIMEOUT=str(job_timeout),
             WORKER_RETRY_BASE_SECONDS="1",
+            # The sandbox holds each connection's final status from the start, not as the
+            # history unfolds: a reconcile would act on what has not happened yet.
+            RECONCILE_INTERVAL_SECONDS="0",
         )
         self.workers: list[Proc] = []
         for _ in range(workers):
