@@ -256,6 +256,46 @@ def dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def events(args: argparse.Namespace) -> int:
+    """`events tail`: the newest lifecycle events, then each new one as it is derived."""
+    from service.stores.lifecycle import LifecycleStream
+
+    settings = _settings(require_secrets=False)
+
+    def wanted(event: dict[str, Any]) -> bool:
+        return args.type in (None, event.get("type")) and args.company in (None, event.get("companyId"))
+
+    def show_line(event: dict[str, Any]) -> None:
+        if args.json:
+            print(orjson.dumps(event).decode(), flush=True)
+            return
+        ids = " ".join(
+            f"{name}={str(event[field])[:8]}"
+            for name, field in (("company", "companyId"), ("connection", "connectionId"))
+            if event.get(field)
+        )
+        extra = " ".join(f"{k}={event[k]}" for k in ("status", "dataType", "pausedUntil") if event.get(k))
+        when = str(event.get("occurredAt") or "")[11:19]
+        print(f"{when}  {event.get('type', '?'):<26} {ids} {extra}".rstrip(), flush=True)
+
+    async def tail(redis: Any) -> None:
+        stream = LifecycleStream(redis, settings.events_stream)
+        for event in reversed(await stream.recent(args.last, kind=args.type, company_id=args.company)):
+            show_line(event)
+        newest = await redis.xrevrange(settings.events_stream, count=1)
+        after = newest[0][0] if newest else "0-0"
+        while args.follow:
+            after, found = await stream.follow(after)
+            for event in filter(wanted, found):
+                show_line(event)
+
+    try:
+        _with_redis(tail)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def reconcile(args: argparse.Namespace) -> int:
     from service.core import logs
     from workers.deps import Deps
@@ -423,6 +463,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_argument("--company", help="only this company (its id)")
     sub.add_argument("--dry-run", action="store_true", help="report what is out of line, change nothing")
+    sub = command(
+        "events",
+        events,
+        "follow the lifecycle events (connection.linked, sync.completed, ...) the workers derive",
+        reads=f"{REDIS_ENV}, CODAT_EVENTS_STREAM",
+    )
+    sub.add_argument("action", choices=["tail"], help="print the newest, then follow")
+    sub.add_argument("--type", help="only this event type, e.g. connection.linked")
+    sub.add_argument("--company", help="only this company (its id)")
+    sub.add_argument("--last", type=int, default=10, help="how many of the newest to print first (default 10)")
+    sub.add_argument("--no-follow", dest="follow", action="store_false", help="print the newest and stop")
+    sub.add_argument("--json", action="store_true", help="one JSON object a line instead of a short line")
     sub = command("connection", connection, "show a connection's reconciled state, as JSON", reads=REDIS_ENV)
     sub.add_argument("connection_id", help="Codat's connectionId (a UUID)")
     sub = command("dead-letters", dead_letters, "list dead letters, or replay one by id", reads=REDIS_ENV)

@@ -127,7 +127,10 @@ def test_worker_rides_out_a_valkey_restart(sandbox: SandboxControl, tmp_path: Pa
     pool = Workers(server.connection_url, sandbox.url, tmp_path)
     try:
         [worker] = pool.start(1)
-        wait_until(lambda: worker.logs(), what="worker up")
+        # polling: past its start, which needs Redis (an unreachable Redis at start is a refusal)
+        probe = redis.Redis(host=server.host, port=server.port)
+        wait_until(lambda: probe.exists("arq:queue:health-check"), what="worker polling")
+        probe.close()
         server.stop()
         with httpx.Client(base_url=web.url, timeout=10) as client:
             wait_until(lambda: client.get("/readyz").status_code == 503, what="web sees Redis down")

@@ -44,11 +44,13 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
         log.warning("connection.event_without_ids")
         return "ignored"
     ids = {"connection_id": event.connection_id, "company_id": event.company_id}
-    first_link = event.first_link
+    # What every write of this event carries: for the first-link mark, the history and the
+    # lifecycle event it may emit.
+    told = {"first_link": event.first_link, "webhook_id": event.message_id, "company_name": event.company_name}
     status, at = event.claimed_status, event.generated_ms
     applied: Applied | None = None
     if status is not None and at is not None:
-        applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, first_link=first_link, **ids)
+        applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, **told, **ids)
     if applied is None or applied.outcome == "tied":
         reason = applied.outcome if applied else "undecided"
         truth = await codat.get_connection(event.company_id, event.connection_id)
@@ -57,7 +59,7 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
             log.error("connection.unreadable_status_from_codat", status=status)
             return "ignored"
         applied = await store.apply(
-            status=status, at_ms=now_ms(), event_type=event.event_type, authoritative=True, first_link=first_link, **ids
+            status=status, at_ms=now_ms(), event_type=event.event_type, authoritative=True, **told, **ids
         )
         log.info("connection.status_from_codat", status=status, reason=reason)
     if applied.outcome == "stale":
@@ -171,7 +173,13 @@ async def requested_since(codat: CodatClient, company_id: str, connection_id: st
 
 
 async def _settle(store: ConnectionStore, connection_id: str, owner: str, **fields: Any) -> str:
-    if not await store.settle_initial_sync(connection_id, owner):
+    details = {
+        "mode": fields.get("mode"),
+        "dataTypes": fields.get("data_types"),
+        "recovered": bool(fields.get("recovered")),
+        "requestedBy": "codat" if fields.get("codat_queued") else "service",
+    }
+    if not await store.settle_initial_sync(connection_id, owner, **details):
         # Only if this job outlived its lease (job timeout > lease): another owner took over.
         log.error("sync.initial_claim_lost")
         return "initial_sync_claim_lost"

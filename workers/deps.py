@@ -3,7 +3,8 @@ handed to every job as one typed object, `ctx["deps"]`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -11,6 +12,8 @@ from redis.asyncio import Redis
 from service.core.config import Settings
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
+from service.stores.history import HistoryStore
+from service.stores.outbox import Outbox
 from service.stores.rate_limit import RateLimits
 from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
@@ -26,6 +29,7 @@ class Deps:
     dead_letters: DeadLetters
     rate_limits: RateLimits
     reconciles: ReconcileStore
+    history: HistoryStore
     codat: CodatClient
     # The initial-sync claim's lease: arq runs a job killed with its worker again once its
     # in-progress key expires, after the job timeout + 10 s; the claim is leased exactly as long.
@@ -33,17 +37,21 @@ class Deps:
     # A job's own budget for its Codat calls, inside arq's job timeout, so that a hung call is
     # retried by the job's policy rather than failed by arq (which would neither retry nor keep it).
     call_budget_seconds: float
+    # The integrator's handlers by name (CODAT_HANDLERS; workers.handlers), set at startup.
+    handlers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis) -> Deps:
-        rate_limits = RateLimits(redis)
+        outbox = Outbox(settings.events_stream, settings.events_maxlen)
+        rate_limits = RateLimits(redis, outbox)
         return cls(
             settings=settings,
-            connections=ConnectionStore(redis),
-            syncs=SyncStore(redis),
+            connections=ConnectionStore(redis, outbox),
+            syncs=SyncStore(redis, outbox),
             dead_letters=DeadLetters(redis),
             rate_limits=rate_limits,
             reconciles=ReconcileStore(redis),
+            history=HistoryStore(redis),
             codat=CodatClient(
                 settings.codat_base_url, settings.codat_api_key or "", before_call=RateLimitGate(rate_limits)
             ),

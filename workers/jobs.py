@@ -15,6 +15,7 @@ is ever held sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -96,7 +97,25 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
     finally:
         JOBS.labels(route, outcome).inc()
         JOB_SECONDS.labels(route).observe(time.perf_counter() - started)
+        await _trace(ctx, event, route, outcome)
     return outcome
+
+
+async def _trace(ctx: dict[str, Any], event: Event, route: str, outcome: str) -> None:
+    """What this job did with the delivery, for the ops console. Never at the cost of the job:
+    without Redis the job's own retry is what matters."""
+    trace = {
+        "jobId": ctx.get("job_id"),
+        "eventType": event.event_type,
+        "route": route,
+        "outcome": outcome,
+        "companyId": event.company_id,
+        "connectionId": event.connection_id,
+        "receivedAtMs": str(event.received_at_ms),
+        "processedAtMs": str(now_ms()),
+    }
+    with contextlib.suppress(RedisError, OSError):
+        await deps_of(ctx).history.record_delivery(event.message_id, trace)
 
 
 async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:

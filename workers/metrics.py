@@ -18,6 +18,12 @@ SYNC_OUTCOMES = Counter(
 RECONCILE_DRIFT = Counter(
     "codat_reconcile_drift", "What the reconcile found out of line with Codat's API, by kind.", ["kind"]
 )
+HANDLER_CALLS = Counter(
+    "codat_handler_calls",
+    "CODAT_HANDLERS calls by handler and outcome (completed, failed, dead_lettered).",
+    ["handler", "outcome"],
+)
+HANDLER_SECONDS = Histogram("codat_handler_seconds", "Time a CODAT_HANDLERS call took, by handler.", ["handler"])
 RECONCILE_INTERVAL = Gauge(
     "codat_reconcile_interval_seconds", "RECONCILE_INTERVAL_SECONDS: how often a reconcile runs; 0 = never."
 )

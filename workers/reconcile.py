@@ -143,7 +143,8 @@ async def reconcile_company(
         return found
     for connection in connections:
         if isinstance(connection, dict) and isinstance(connection.get("id"), str):
-            kind = await _reconcile_connection(deps, company_id, connection, observed_at, owner, dry_run)
+            name = company.get("name") if isinstance(company.get("name"), str) else None
+            kind = await _reconcile_connection(deps, company_id, name, connection, observed_at, owner, dry_run)
             found["connections"] += 1
             if kind:
                 found[kind] += 1
@@ -160,7 +161,13 @@ async def reconcile_company(
 
 
 async def _reconcile_connection(
-    deps: Deps, company_id: str, connection: dict[str, Any], observed_at: int, owner: str, dry_run: bool
+    deps: Deps,
+    company_id: str,
+    company_name: str | None,
+    connection: dict[str, Any],
+    observed_at: int,
+    owner: str,
+    dry_run: bool,
 ) -> str | None:
     """What was out of line (a drift kind), or None."""
     store, connection_id, status = deps.connections, connection["id"], connection.get("status")
@@ -187,6 +194,7 @@ async def _reconcile_connection(
         first_link=link == "missed_first_link",
         company_id=company_id,
         connection_id=connection_id,
+        company_name=company_name,
     )
     if applied.outcome == "stale" and kind == "status":
         kind = "newer_event_kept"

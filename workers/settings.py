@@ -4,6 +4,10 @@ turns it all into arq's keyword arguments. `startup` builds what every job works
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import os
+import uuid
 from typing import Any
 
 import orjson
@@ -15,21 +19,32 @@ from service.core.config import Settings
 from service.stores.keys import ARQ_MAX_TRIES, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME
 from workers import metrics
 from workers.deps import Deps, deps_of
+from workers.handlers import RUN_HANDLER, Dispatcher, by_name, load, run_handler
 from workers.jobs import process_event
 from workers.reconcile import RECONCILE_PAGE, reconcile_page, reconcile_tick
 from workers.redis_settings import redis_settings
 from workers.worker import ResilientWorker
 
+log = structlog.get_logger("workers.settings")
+
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["deps"] = deps = Deps.build(settings, ctx["redis"])
+    if settings.handlers:
+        registry = load(settings.handlers)
+        ctx["deps"] = deps = dataclasses.replace(deps, handlers=by_name(registry))
+        consumer = f"worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        ctx["_dispatcher"] = asyncio.create_task(Dispatcher(ctx, registry, consumer).run())
+        log.info("handlers.loaded", module=settings.handlers, handlers=sorted(deps.handlers))
     await deps.reconciles.mark_deployed()
     metrics.RECONCILE_INTERVAL.set(settings.reconcile_interval_seconds)
     metrics.serve(settings.worker_metrics_port)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if dispatcher := ctx.get("_dispatcher"):
+        dispatcher.cancel()
     await deps_of(ctx).aclose()
 
 
@@ -44,6 +59,7 @@ class WorkerSettings:
     functions = [
         func(process_event, name=PROCESS_EVENT, keep_result=0),
         func(reconcile_page, name=RECONCILE_PAGE),
+        func(run_handler, name=RUN_HANDLER),
     ]
     queue_name = QUEUE_NAME
     on_startup = startup

@@ -3,9 +3,11 @@ statuses logged at error level under one event name (`sync.failed`) for alerting
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 
-from service.core.clock import now_ms
+from service.core.clock import iso, now_ms
 from service.core.events import Event
 from service.stores.syncs import SyncStore
 from workers.metrics import SYNC_OUTCOMES
@@ -27,6 +29,25 @@ ERROR_STATUSES = frozenset(
 )
 
 
+def _lifecycle(event: Event, item: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """sync.completed / sync.failed, for the outbox; other statuses are not an outcome."""
+    status = item["status"]
+    kind = "sync.completed" if status == "Complete" else "sync.failed" if status in ERROR_STATUSES else None
+    if kind is None:
+        return None
+    fields = {
+        "companyId": event.company_id,
+        "connectionId": item.get("connectionId"),
+        "dataType": item["dataType"],
+        "status": status,
+        "datasetId": item.get("datasetId"),
+        "occurredAt": event.generated_date or iso(event.received_at_ms),
+        "webhookId": event.message_id,
+        "codatEventType": event.event_type,
+    }
+    return kind, {k: v for k, v in fields.items() if v is not None}
+
+
 async def handle(syncs: SyncStore, event: Event) -> str:
     if event.company_id is None:
         log.warning("sync.event_without_company")
@@ -45,8 +66,8 @@ async def handle(syncs: SyncStore, event: Event) -> str:
         if not isinstance(data_type, str) or not isinstance(status, str):
             log.warning("sync.unreadable_data_type", item=item)
             continue
-        entry = {**item, "eventType": event.event_type, "recordedAt": now_ms()}
-        newer = await syncs.record(event.company_id, data_type, at, entry)
+        entry = {**item, "eventType": event.event_type, "recordedAt": now_ms(), "codatEventId": event.codat_id}
+        newer = await syncs.record(event.company_id, data_type, at, entry, _lifecycle(event, item))
         SYNC_OUTCOMES.labels(data_type, status).inc()
         fields = {
             "data_type": data_type,

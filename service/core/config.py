@@ -13,6 +13,7 @@ DEDUP_TTL_SECONDS = 7 * 24 * 3600
 MAX_BODY_BYTES = 1024 * 1024
 MIN_SECRET_BYTES = 16
 INITIAL_SYNC_POLICIES = ("request", "auto", "off")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class ConfigError(Exception):
@@ -29,12 +30,19 @@ class Settings:
     codat_base_url: str = "https://api.codat.io"
     sync_data_types: tuple[str, ...] = ()
     ops_token: str | None = field(default=None, repr=False)
+    # The ops console's session cookie is Secure, except in dev mode: a web process bound to
+    # loopback (HOST, as `codat-webhooks dev` sets it); OPS_COOKIE_SECURE=1/0 says it outright.
+    ops_cookie_secure: bool = True
     job_timeout_seconds: int = 60
     worker_metrics_port: int = 0
     shutdown_wait_seconds: int = 30
     retry_base_seconds: float = 2.0
     initial_sync: str = "request"  # request | auto | off (workers.connection_events)
     reconcile_interval_seconds: int = 3600  # 0: never (workers.reconcile)
+    events_stream: str = "codat:lifecycle"  # the lifecycle events' Redis Stream
+    events_maxlen: int = 200_000  # its bound (XADD MAXLEN ~)
+    handlers: str | None = None  # CODAT_HANDLERS: a module of lifecycle-event handlers (workers.handlers)
+    handler_max_tries: int = 8  # then a failing handler call becomes a dead letter
     log_level: str = "info"
     log_format: str = "json"
     port: int = 8000
@@ -90,12 +98,17 @@ class Settings:
             codat_base_url=env.get("CODAT_BASE_URL", "https://api.codat.io").rstrip("/"),
             sync_data_types=_split(env.get("CODAT_SYNC_DATA_TYPES", "")),
             ops_token=env.get("OPS_TOKEN") or None,
+            ops_cookie_secure=_cookie_secure(env),
             job_timeout_seconds=_int(env, "WORKER_JOB_TIMEOUT", 60, minimum=5),
             worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, minimum=0),
             shutdown_wait_seconds=_int(env, "WORKER_SHUTDOWN_WAIT", 30, minimum=1),
             retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
             initial_sync=initial_sync,
             reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", 3600, minimum=0),
+            events_stream=env.get("CODAT_EVENTS_STREAM", "").strip() or "codat:lifecycle",
+            events_maxlen=_int(env, "CODAT_EVENTS_MAXLEN", 200_000, minimum=1000),
+            handlers=env.get("CODAT_HANDLERS", "").strip() or None,
+            handler_max_tries=_int(env, "CODAT_HANDLER_MAX_TRIES", 8, minimum=1),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),
@@ -112,6 +125,17 @@ def signing_key(secret: str) -> bytes:
     encoded = secret.removeprefix("whsec_")
     # binascii.Error, or for a non-ASCII string a plain ValueError: both are ValueErrors.
     return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+
+
+def _cookie_secure(env: Mapping[str, str]) -> bool:
+    given = env.get("OPS_COOKIE_SECURE", "").strip().lower()
+    if given in ("1", "true", "yes"):
+        return True
+    if given in ("0", "false", "no"):
+        return False
+    if given:
+        raise ConfigError(f"OPS_COOKIE_SECURE must be 1 or 0, not {given!r}")
+    return env.get("HOST", "").strip().lower() not in LOOPBACK_HOSTS
 
 
 def _split(value: str) -> tuple[str, ...]:

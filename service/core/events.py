@@ -93,6 +93,19 @@ class Event:
         return data.get("newStatus") == "Linked" and data.get("oldStatus") in (None, "", "PendingAuth")
 
     @property
+    def codat_id(self) -> str:
+        """Codat's own id of the event: the same across deliveries and replays under a new
+        webhook id (legacy events: their AlertId, which is also their message id)."""
+        body_id = None if self.legacy else self.body.get("id")
+        return body_id if isinstance(body_id, str) and body_id else self.message_id
+
+    @property
+    def company_name(self) -> str | None:
+        company = None if self.legacy else self._details.get("referenceCompany")
+        name = company.get("name") if isinstance(company, dict) else None
+        return name if isinstance(name, str) and name else None
+
+    @property
     def connection_errors(self) -> Any:
         return self._connection.get("dataConnectionErrors")
 

@@ -12,18 +12,27 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import orjson
 from redis.asyncio import Redis
 
 from service.core.clock import iso, now_ms
+from service.stores import keys
+from service.stores.keys import HISTORY_LENGTH, HISTORY_TTL_MS
 from service.stores.keys import connection as key
+from service.stores.outbox import EMIT, Outbox
 
-# ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1": Codat's
-# own answer, which is the truth as of now), first link ("1": the event says the connection was
-# linked for the first time). The first-link mark, and the time the event gives for it, is kept
-# whatever the outcome: a stale `connection.connected` still says the connection was once linked
-# for the first time.
-# Returns {outcome, status now, initialSync, firstLinkSeen}.
-_APPLY = """
+# KEYS: the connection, its history, the lifecycle stream, the company's connections, company
+# names. ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1":
+# Codat's own answer, the truth as of now), first link ("1": the event says the connection was
+# linked for the first time), webhook id, occurredAt (ISO), company name, then Outbox.args.
+# The first-link mark, and the time the event gives for it, is kept whatever the outcome: a
+# stale `connection.connected` still says the connection was once linked for the first time.
+# Each call leaves one history entry; a change emits its lifecycle event before it is written.
+# Returns {outcome, status now, initialSync, firstLinkSeen, the event types emitted (a list)}.
+_APPLY = (
+    (
+        EMIT
+        + """
 local current, current_at, sync, seen = unpack(redis.call('HMGET', KEYS[1], 'status', 'statusAt',
                                                            'initialSync', 'firstLinkSeen'))
 current_at = tonumber(current_at or '-1')
@@ -36,19 +45,42 @@ elseif at < current_at then
 elseif at == current_at and current and current ~= ARGV[1] then
   outcome = 'tied'
 end
-if ARGV[8] == '1' and current and not seen then
+if outcome == 'tied' then return {outcome, current, sync or false, seen or false, {}} end
+local newly_linked = ARGV[8] == '1' and not seen
+local kinds = {}
+if newly_linked then kinds[#kinds + 1] = 'connection.linked' end
+if outcome == 'applied' and current ~= ARGV[1] then
+  if ARGV[1] == 'Linked' and not newly_linked then kinds[#kinds + 1] = 'connection.relinked'
+  elseif ARGV[1] == 'Unlinked' then kinds[#kinds + 1] = 'connection.unlinked'
+  elseif ARGV[1] == 'Deauthorized' then kinds[#kinds + 1] = 'connection.deauthorized'
+  elseif ARGV[1] == 'Deleted' then kinds[#kinds + 1] = 'connection.deleted' end
+end
+local status_now = outcome == 'applied' and ARGV[1] or current
+for i, kind in ipairs(kinds) do
+  emit(KEYS[3], ARGV[12], ARGV[13] .. '.' .. i, kind, {
+    companyId = ARGV[3], connectionId = ARGV[4], status = status_now, previousStatus = current or nil,
+    occurredAt = ARGV[10], derivedAt = ARGV[14], webhookId = ARGV[9], codatEventType = ARGV[5]})
+end
+redis.call('LPUSH', KEYS[2], cjson.encode({at = tonumber(ARGV[6]), eventAt = tonumber(ARGV[2]),
+  from = current or nil, to = ARGV[1], outcome = outcome, authoritative = ARGV[7] == '1',
+  eventType = ARGV[5], webhookId = ARGV[9], emitted = kinds}))
+redis.call('LTRIM', KEYS[2], 0, HISTORY_LAST)
+redis.call('PEXPIRE', KEYS[2], HISTORY_TTL_MS)
+redis.call('SADD', KEYS[4], ARGV[4])
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[5], ARGV[3], ARGV[11]) end
+if newly_linked then
   redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[2])
   seen = '1'
 end
-if outcome ~= 'applied' then return {outcome, current or false, sync or false, seen or false} end
+if outcome == 'stale' then return {outcome, current, sync or false, seen or false, kinds} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'statusAt', at, 'companyId', ARGV[3],
            'connectionId', ARGV[4], 'lastEventType', ARGV[5], 'updatedAt', ARGV[6])
-if ARGV[8] == '1' and not seen then
-  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[2])
-  seen = '1'
-end
-return {outcome, ARGV[1], sync or false, seen or false}
+return {outcome, ARGV[1], sync or false, seen or false, kinds}
 """
+    )
+    .replace("HISTORY_LAST", str(HISTORY_LENGTH - 1))
+    .replace("HISTORY_TTL_MS", str(HISTORY_TTL_MS))
+)
 
 # ARGV: owner, now (ms), lease (ms). A claim is taken only for a connection that was seen linked
 # for the first time and is Linked now. A claim left by another owner whose lease ran out (or
@@ -74,12 +106,21 @@ return 'claimed'
 """
 
 # ARGV: owner, now (ms). Settle (requested) or release (forget) a claim, if still the owner's.
-_SETTLE = """
+# Settle: KEYS: the connection, the lifecycle stream. ARGV: owner, now (ms), the event's own
+# fields (JSON), then Outbox.args. Emits sync.initial_requested with the settlement.
+_SETTLE = (
+    EMIT
+    + """
 if redis.call('HGET', KEYS[1], 'initialSyncOwner') ~= ARGV[1] then return 0 end
+local fields = cjson.decode(ARGV[3])
+fields['companyId'], fields['connectionId'] = unpack(redis.call('HMGET', KEYS[1], 'companyId', 'connectionId'))
+fields['derivedAt'] = ARGV[6]
+emit(KEYS[2], ARGV[4], ARGV[5], 'sync.initial_requested', fields)
 redis.call('HSET', KEYS[1], 'initialSync', 'requested', 'initialSyncRequestedAt', ARGV[2])
 redis.call('HDEL', KEYS[1], 'initialSyncOwner', 'initialSyncLeaseUntil')
 return 1
 """
+)
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'initialSyncOwner') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'initialSync', 'initialSyncOwner', 'initialSyncLeaseUntil',
@@ -93,6 +134,7 @@ class Applied(NamedTuple):
     status: str | None  # the status now
     initial_sync: str | None  # None | "claimed" | "requested"
     first_link_seen: bool
+    emitted: tuple[str, ...] = ()  # the lifecycle events this change wrote
 
     @property
     def initial_sync_due(self) -> bool:
@@ -104,8 +146,9 @@ class Applied(NamedTuple):
 
 
 class ConnectionStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, outbox: Outbox | None = None) -> None:
         self._redis = redis
+        self._outbox = outbox or Outbox()
         self._apply = redis.register_script(_APPLY)
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
@@ -121,22 +164,60 @@ class ConnectionStore:
         event_type: str,
         authoritative: bool = False,
         first_link: bool = False,
+        webhook_id: str = "",
+        occurred_at: str | None = None,
+        company_name: str | None = None,
     ) -> Applied:
         """Write `status` as of `at_ms` unless a newer event wrote the current one, and keep the
-        first-link mark whatever the outcome."""
-        outcome, current, sync, seen = await self._apply(
-            keys=[key(connection_id)],
-            args=[status, at_ms, company_id, connection_id, event_type, now_ms(), int(authoritative), int(first_link)],
+        first-link mark whatever the outcome. `occurred_at`: the time Codat gives for it."""
+        names = [
+            key(connection_id),
+            keys.connection_history(connection_id),
+            self._outbox.stream,
+            keys.company_connections(company_id),
+            keys.COMPANY_NAMES,
+        ]
+        outcome, current, sync, seen, emitted = await self._apply(
+            keys=names,
+            args=[
+                status,
+                at_ms,
+                company_id,
+                connection_id,
+                event_type,
+                now_ms(),
+                int(authoritative),
+                int(first_link),
+                webhook_id,
+                occurred_at or iso(at_ms) or "",
+                company_name or "",
+                *self._outbox.args(),
+            ],
         )
-        return Applied(_text(outcome), _text(current) if current else None, _text(sync) if sync else None, bool(seen))
+        return Applied(
+            _text(outcome),
+            _text(current) if current else None,
+            _text(sync) if sync else None,
+            bool(seen),
+            tuple(_text(kind) for kind in emitted or ()),
+        )
 
     async def claim_initial_sync(self, connection_id: str, owner: str, lease_ms: int) -> str:
         """ "claimed", "in_doubt" (call outcome unknown: look first), "orphaned" (in doubt, and
         not Linked now), "busy", "done", "not_first_linked" or "not_linked"."""
         return _text(await self._claim(keys=[key(connection_id)], args=[owner, now_ms(), lease_ms]))
 
-    async def settle_initial_sync(self, connection_id: str, owner: str) -> bool:
-        return bool(await self._settle(keys=[key(connection_id)], args=[owner, now_ms()]))
+    async def settle_initial_sync(self, connection_id: str, owner: str, **details: Any) -> bool:
+        """Mark it requested, if the claim is still `owner`'s; `details` go into the lifecycle
+        event (mode, dataTypes, recovered, requestedBy, occurredAt)."""
+        now = now_ms()
+        fields = {"occurredAt": iso(now), **{k: v for k, v in details.items() if v is not None}}
+        return bool(
+            await self._settle(
+                keys=[key(connection_id), self._outbox.stream],
+                args=[owner, now, orjson.dumps(fields), *self._outbox.args()],
+            )
+        )
 
     async def release_initial_sync(self, connection_id: str, owner: str) -> bool:
         return bool(await self._release(keys=[key(connection_id)], args=[owner, now_ms()]))

@@ -43,7 +43,10 @@ class DeadLetters:
         job_id: str | None,
         attempts: int | None,
         status: int | None = None,
+        job: tuple[str, list[Any]] | None = None,
     ) -> str:
+        """`record`: the event as the job had it. `job`: (function, args) a replay queues, when
+        it is not process_event(record) (a handler call: workers.handlers)."""
         letter_id = uuid.uuid4().hex
         now = int(time.time() * 1000)
         letter = {
@@ -56,6 +59,8 @@ class DeadLetters:
             "attempts": attempts,
             "event": record,
         }
+        if job is not None:
+            letter["job"] = {"function": job[0], "args": job[1]}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(LETTERS, letter_id, orjson.dumps(letter))
             pipe.zadd(BY_TIME, {letter_id: now})
@@ -70,6 +75,10 @@ class DeadLetters:
         raw = await self._redis.hmget(LETTERS, ids)
         return [orjson.loads(value) for value in raw if value is not None]
 
+    async def get(self, letter_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.hget(LETTERS, letter_id)
+        return orjson.loads(raw) if raw is not None else None
+
     async def count(self) -> int:
         return int(await self._redis.hlen(LETTERS))
 
@@ -78,10 +87,13 @@ class DeadLetters:
         raw = await self._redis.hget(LETTERS, letter_id)
         if raw is None:
             return None
-        record = orjson.loads(raw)["event"]
+        letter = orjson.loads(raw)
         now = int(time.time() * 1000)
         job_id = keys.replay_job_id(letter_id)
-        job = serialize_job([record], now)
+        if "job" in letter:
+            job = serialize_job(letter["job"]["args"], now, function=letter["job"]["function"])
+        else:
+            job = serialize_job([letter["event"]], now)
         done = await self._replay(
             keys=[LETTERS, BY_TIME, QUEUE_NAME, keys.job_key(job_id)], args=[letter_id, job, JOB_TTL_MS, job_id, now]
         )

@@ -44,6 +44,22 @@ RECONCILE_LAST = "codat:reconcile:last"  # the last complete run's summary
 DEPLOYED_AT = "codat:deployed-at"
 
 
+COMPANY_NAMES = "codat:company-names"  # company id -> name, as events and the reconcile give it
+# The lifecycle events' stream (workers.lifecycle); its name and bound come from Settings.
+LIFECYCLE_STREAM = "codat:lifecycle"
+HANDLERS_GROUP = "codat-handlers"  # the consumer group that turns the stream into handler jobs
+HANDLED_PREFIX = "codat:handled:"  # + handler name + ":" + event id: queued once, ever
+# Bounds of what the ops console reads (service.stores.history): per connection the last
+# HISTORY_LENGTH state changes for HISTORY_TTL after the last one; per delivery a trace kept as
+# long as its dedup record.
+HISTORY_LENGTH = 20
+HISTORY_TTL_MS = 30 * 24 * 3600 * 1000
+TRACE_TTL_SECONDS = DEDUP_TTL_SECONDS
+# The console's last-hour chart (service.stores.activity): one small hash per minute of what
+# the jobs did, each kept ACTIVITY_TTL_SECONDS from the start of its minute.
+ACTIVITY_TTL_SECONDS = 2 * 3600
+
+
 def seen(message_id: str) -> str:
     """The dedup record of a message id."""
     return f"codat:seen:{message_id}"
@@ -55,6 +71,23 @@ def connection(connection_id: str) -> str:
 
 def company_syncs(company_id: str) -> str:
     return f"codat:sync:{company_id}"
+
+
+def company_connections(company_id: str) -> str:
+    return f"codat:company:{company_id}:connections"
+
+
+def connection_history(connection_id: str) -> str:
+    return f"codat:history:{connection_id}"
+
+
+def delivery_trace(message_id: str) -> str:
+    return f"codat:trace:{message_id}"
+
+
+def activity_minute(minute: int) -> str:
+    """The counts of one minute (epoch minutes: ms // 60000)."""
+    return f"codat:activity:{minute}"
 
 
 def job_key(job_id: str) -> str:

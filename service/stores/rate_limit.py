@@ -3,30 +3,73 @@ remembered, so that a reset can put them back at the head of the queue at once."
 
 from __future__ import annotations
 
+import orjson
 from redis.asyncio import Redis
 
-from service.core.clock import now_ms
+from service.core.clock import iso, now_ms
 from service.stores.keys import QUEUE_NAME, RATE_LIMIT_DEFERRED, RATE_LIMIT_PAUSED_UNTIL
+from service.stores.outbox import EMIT, Outbox
+
+# KEYS: the pause, the stream. ARGV: until (ms), now (ms), fields (JSON), then Outbox.args. A
+# pause that only repeats (or shortens) the one in force changes nothing and tells nothing.
+_PAUSE = (
+    EMIT
+    + """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current >= tonumber(ARGV[1]) then return 0 end
+local fields = cjson.decode(ARGV[3])
+fields['derivedAt'] = ARGV[6]
+if current <= tonumber(ARGV[2]) then emit(KEYS[2], ARGV[4], ARGV[5], 'rate_limit.paused', fields) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', math.max(1, tonumber(ARGV[1]) - tonumber(ARGV[2])))
+return 1
+"""
+)
+# KEYS: the pause, the stream. ARGV: fields (JSON), then Outbox.args. Resumed only if paused.
+_RESUME = (
+    EMIT
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local fields = cjson.decode(ARGV[1])
+fields['derivedAt'] = ARGV[4]
+emit(KEYS[2], ARGV[2], ARGV[3], 'rate_limit.resumed', fields)
+redis.call('DEL', KEYS[1])
+return 1
+"""
+)
 
 
 class RateLimits:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, outbox: Outbox | None = None) -> None:
         self._redis = redis
+        self._outbox = outbox or Outbox()
+        self._pause = redis.register_script(_PAUSE)
+        self._resume = redis.register_script(_RESUME)
 
     async def paused_until(self) -> int | None:
         """Epoch ms the pause lasts until, or None when calls may go out."""
         until = await self._redis.get(RATE_LIMIT_PAUSED_UNTIL)
         return int(until) if until is not None and int(until) > now_ms() else None
 
-    async def pause(self, until_ms: int) -> None:
-        await self._redis.set(RATE_LIMIT_PAUSED_UNTIL, until_ms, px=max(1, until_ms - now_ms()))
+    async def pause(self, until_ms: int, occurred_at: str | None = None, daily_quota: object = None) -> bool:
+        """Pause every Codat call until `until_ms`; True if that moved the pause (and told so)."""
+        fields = {
+            "companyId": "",  # the whole Codat client, no one company
+            "pausedUntil": iso(until_ms),
+            "occurredAt": occurred_at or iso(now_ms()),
+            "dailyQuota": daily_quota,
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        args = [until_ms, now_ms(), orjson.dumps(fields), *self._outbox.args()]
+        return bool(await self._pause(keys=[RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream], args=args))
 
     async def remember_deferred(self, job_id: str) -> None:
         await self._redis.sadd(RATE_LIMIT_DEFERRED, job_id)
 
-    async def resume(self) -> int:
-        """Lift the pause and make every job it deferred due now; how many were woken."""
-        await self._redis.delete(RATE_LIMIT_PAUSED_UNTIL)
+    async def resume(self, occurred_at: str | None = None) -> int:
+        """Lift the pause (telling so if there was one) and make every job it deferred due now;
+        how many were woken."""
+        fields = orjson.dumps({"companyId": "", "occurredAt": occurred_at or iso(now_ms())})
+        await self._resume(keys=[RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream], args=[fields, *self._outbox.args()])
         job_ids = await self._redis.smembers(RATE_LIMIT_DEFERRED)
         if not job_ids:
             return 0

@@ -18,8 +18,10 @@ from service.stores.client import connect
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.intake import Intake
+from service.stores.lifecycle import LifecycleStream
 from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
+from service.web.console import console_routes
 from service.web.metrics import metrics_endpoint
 from service.web.ops import ops_routes
 from service.web.verification import Verifier
@@ -63,6 +65,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
         routes += ops_routes(
-            settings.ops_token, ConnectionStore(redis), DeadLetters(redis), SyncStore(redis), ReconcileStore(redis)
+            settings.ops_token,
+            ConnectionStore(redis),
+            DeadLetters(redis),
+            SyncStore(redis),
+            ReconcileStore(redis),
+            LifecycleStream(redis, settings.events_stream),
         )
+        routes += console_routes(settings, redis)  # the ops console, under /ops/console/
     return Starlette(routes=routes, lifespan=lifespan)

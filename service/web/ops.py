@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
+from service.stores.lifecycle import LifecycleStream
 from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
 
@@ -19,7 +20,12 @@ log = structlog.get_logger("service.ops")
 
 
 def ops_routes(
-    token: str, connections: ConnectionStore, dead_letters: DeadLetters, syncs: SyncStore, reconciles: ReconcileStore
+    token: str,
+    connections: ConnectionStore,
+    dead_letters: DeadLetters,
+    syncs: SyncStore,
+    reconciles: ReconcileStore,
+    lifecycle: LifecycleStream,
 ) -> list[Route]:
     expected = f"Bearer {token}".encode()
 
@@ -63,6 +69,17 @@ def ops_routes(
         log.info("dead_letter.replayed", dead_letter_id=letter_id, job_id=job_id)
         return JSONResponse({"replayed": letter_id, "jobId": job_id}, 202)
 
+    async def events(request: Request) -> JSONResponse:
+        if denial := refused(request):
+            return denial
+        limit = request.query_params.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            return JSONResponse({"error": "limit must be 1..1000"}, 400)
+        found = await lifecycle.recent(
+            int(limit), kind=request.query_params.get("type"), company_id=request.query_params.get("company")
+        )
+        return JSONResponse({"events": found})
+
     async def reconcile(request: Request) -> JSONResponse:
         if denial := refused(request):
             return denial
@@ -70,6 +87,7 @@ def ops_routes(
 
     return [
         Route("/ops/reconcile", reconcile, methods=["GET"]),
+        Route("/ops/events", events, methods=["GET"]),
         Route("/ops/connections/{connection_id}", connection, methods=["GET"]),
         Route("/ops/companies/{company_id}/syncs", company_syncs, methods=["GET"]),
         Route("/ops/dead-letters", list_dead_letters, methods=["GET"]),

@@ -18,6 +18,9 @@ from tests.soak.generator import History
 from tests.soak.model import Truth
 from tests.soak.procs import OPS_TOKEN, Stack, secret_forms
 
+# The service's lifecycle events (README "Lifecycle events"), read as any consumer would.
+LIFECYCLE_STREAM = "codat:lifecycle"
+
 
 def _idle(store: redis.Redis) -> bool:
     try:
@@ -55,6 +58,8 @@ class Observed:
     calls: list[dict[str, Any]]
     dead_letters: list[dict[str, Any]]
     dead_letter_count: int
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)  # the service's lifecycle stream
+    lifecycle_bytes: int = 0
 
 
 async def observe(stack: Stack, all_histories: list[History]) -> Observed:
@@ -74,7 +79,14 @@ async def observe(stack: Stack, all_histories: list[History]) -> Observed:
         letters = (await web.get("/ops/dead-letters", params={"limit": 1000})).raise_for_status().json()
     async with httpx.AsyncClient(base_url=stack.sandbox_url, timeout=60) as sandbox:
         calls = (await sandbox.get("/_sandbox/calls")).raise_for_status().json()
-    return Observed(states, calls, letters["deadLetters"], letters["count"])
+    store = redis.Redis.from_url(stack.redis_url, socket_timeout=10)
+    try:
+        entries = store.xrange(LIFECYCLE_STREAM)
+        stream_bytes = int(store.memory_usage(LIFECYCLE_STREAM, samples=0) or 0)
+    finally:
+        store.close()
+    lifecycle = [orjson.loads(fields[b"event"]) for _, fields in entries]
+    return Observed(states, calls, letters["deadLetters"], letters["count"], lifecycle, stream_bytes)
 
 
 @dataclass
@@ -96,7 +108,10 @@ def compare(all_histories: list[History], truths: list[Truth], observed: Observe
         if call["method"] == "POST" and call["path"].endswith("/data/all") and _ok(call):
             syncs[call["companyId"]] += 1
             sync_at[call["companyId"]] = min(sync_at.get(call["companyId"], call["at"]), call["at"])
-    kinds = ("lost", "doubled", "missed", "unexpected", "mismatched", "unsettled claims")
+    kinds = ("lost", "doubled", "missed", "unexpected", "mismatched", "unsettled claims", "lifecycle events off")
+    told: Counter[tuple[str, str]] = Counter(
+        (e.get("connectionId") or "", e["type"]) for e in observed.lifecycle if "type" in e
+    )
     found: dict[str, list[str]] = {k: [] for k in kinds}
     for history, truth in zip(all_histories, truths, strict=True):
         state = observed.states[history.connection_id]
@@ -111,6 +126,11 @@ def compare(all_histories: list[History], truths: list[Truth], observed: Observe
             found["missed"].append(history.connection_id)
         if count and not truth.must_sync:
             found["unexpected"].append(history.connection_id)
+        # one connection.linked per first link, one sync.initial_requested per sync, nothing more
+        linked = told[(history.connection_id, "connection.linked")]
+        requested = told[(history.connection_id, "sync.initial_requested")]
+        if linked != int(truth.first_linked) or requested != min(count, 1):
+            found["lifecycle events off"].append(history.connection_id)
         if state is not None and state.get("initialSync") == "claimed":
             found["unsettled claims"].append(history.connection_id)  # still held once everything is done
     linked_at_end = {h.connection_id for h, t in zip(all_histories, truths, strict=True) if t.final_status == "Linked"}
@@ -127,6 +147,8 @@ def compare(all_histories: list[History], truths: list[Truth], observed: Observe
         "refused by Codat (not linked)": refused,
         "data/all calls": sum(1 for c in observed.calls if c["path"].endswith("/data/all")),
         "Codat API calls": len(observed.calls),
+        "lifecycle events": len(observed.lifecycle),
+        "lifecycle bytes/event": observed.lifecycle_bytes // max(1, len(observed.lifecycle)),
         "faulted calls": sum(1 for c in observed.calls if c["status"] is not None and c["status"] >= 400),
     }
     examples = {name: ids[:5] for name, ids in found.items() if ids}

@@ -13,6 +13,7 @@ from tests.soak.generator import History
 class Truth:
     final_status: str
     must_sync: bool
+    first_linked: bool  # a connection.connected exists: exactly one connection.linked is due
 
 
 def truth_of(history: History) -> Truth:
@@ -23,4 +24,4 @@ def truth_of(history: History) -> Truth:
     final = max(states, key=lambda e: e.generated_ms).status
     assert final is not None
     connected = any(e.event_type == "connection.connected" for e in history.events)
-    return Truth(final_status=final, must_sync=connected and final == "Linked")
+    return Truth(final_status=final, must_sync=connected and final == "Linked", first_linked=connected)

@@ -1,0 +1,128 @@
+"""What the service is doing now, as the ops console's overview and delivery pages read it
+(service.web.console); nothing here is on the ingress path.
+
+- **Per minute**, what the jobs did: `count_job` is called once per job try, as it ends
+  (workers.jobs). A job's first try counts one delivery, at the minute the web process received
+  it (each accepted delivery is one job); every try counts its outcome at the minute it ended.
+  One small hash per minute (`deliveries`, `outcome:<outcome>`), each expiring two hours after
+  its minute began: at most ~120 hashes of a few fields, a few tens of KB whatever the traffic.
+- **The queue and the workers**, read as `GET /metrics` reads them (service.web.metrics).
+- **A delivery still in flight**: its dedup record, and its job queued, deferred or running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.core.clock import now_ms
+from service.stores import keys
+
+MINUTE_MS = 60_000
+DELIVERIES = "deliveries"
+OUTCOME = "outcome:"
+_FIRST_DELIVERY_JOB = keys.event_job_id("")  # a replay's job is not a delivery
+
+
+async def count_job(
+    redis: Redis, job_id: str | None, job_try: int, received_at_ms: int | None, outcome: str, *, now: int | None = None
+) -> None:
+    """Count one job try that ended with `outcome`. Never raises for Redis: a count is not worth
+    a job's retry."""
+    now = now_ms() if now is None else now
+    horizon = now - keys.ACTIVITY_TTL_SECONDS * 1000
+    minute = now // MINUTE_MS
+    with contextlib.suppress(RedisError, OSError):
+        async with redis.pipeline(transaction=False) as pipe:
+            first = job_try == 1 and (job_id or "").startswith(_FIRST_DELIVERY_JOB)
+            if first and received_at_ms is not None and received_at_ms > horizon:
+                received = min(received_at_ms, now) // MINUTE_MS
+                pipe.hincrby(keys.activity_minute(received), DELIVERIES, 1)
+                pipe.expireat(keys.activity_minute(received), _expiry(received))
+            pipe.hincrby(keys.activity_minute(minute), OUTCOME + outcome, 1)
+            pipe.expireat(keys.activity_minute(minute), _expiry(minute))
+            await pipe.execute()
+
+
+def _expiry(minute: int) -> int:
+    return minute * MINUTE_MS // 1000 + keys.ACTIVITY_TTL_SECONDS
+
+
+async def last_hour(redis: Redis, *, minutes: int = 60, now: int | None = None) -> list[dict[str, Any]]:
+    """Oldest first, one entry a minute up to the current one: {minute (epoch ms), deliveries,
+    outcomes: {outcome: jobs}}."""
+    now = now_ms() if now is None else now
+    current = now // MINUTE_MS
+    wanted = list(range(current - minutes + 1, current + 1))
+    async with redis.pipeline(transaction=False) as pipe:
+        for minute in wanted:
+            pipe.hgetall(keys.activity_minute(minute))
+        answers = await pipe.execute()
+    series = []
+    for minute, fields in zip(wanted, answers, strict=True):
+        counts = {_text(k): int(v) for k, v in fields.items()}
+        series.append(
+            {
+                "minute": minute * MINUTE_MS,
+                "deliveries": counts.pop(DELIVERIES, 0),
+                "outcomes": {k.removeprefix(OUTCOME): v for k, v in counts.items() if k.startswith(OUTCOME)},
+            }
+        )
+    return series
+
+
+async def service_state(redis: Redis, *, now: int | None = None) -> dict[str, Any]:
+    """Queue depth (due and deferred), the oldest due job's age, dead letters, the workers' health
+    check (arq's: one key for all workers, refreshed every 10 s while any polls) and the rate-limit
+    pause."""
+    now = now_ms() if now is None else now
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.QUEUE_NAME)
+        pipe.zcount(keys.QUEUE_NAME, "-inf", now)
+        pipe.zrangebyscore(keys.QUEUE_NAME, "-inf", now, start=0, num=1, withscores=True)
+        pipe.hlen(keys.DEAD_LETTERS)
+        pipe.get(keys.HEALTH_CHECK)
+        pipe.pttl(keys.HEALTH_CHECK)
+        pipe.get(keys.RATE_LIMIT_PAUSED_UNTIL)
+        depth, due, oldest, letters, health, health_ttl, paused = await pipe.execute()
+    paused_until = int(paused) if paused is not None and int(paused) > now else None
+    return {
+        "queueDepth": int(depth),
+        "due": int(due),
+        "deferred": int(depth) - int(due),
+        "oldestDueAgeSeconds": max(0.0, (now - oldest[0][1]) / 1000) if oldest else None,
+        "deadLetters": int(letters),
+        "workerPolling": health is not None,
+        "workerHealth": _text(health) if health is not None else None,
+        "workerHealthTtlMs": int(health_ttl) if health is not None and int(health_ttl) > 0 else None,
+        "rateLimitPausedUntil": paused_until,
+    }
+
+
+async def delivery_in_flight(redis: Redis, message_id: str, *, now: int | None = None) -> dict[str, Any]:
+    """What Redis holds of a delivery whose job may not have ended yet: {seen (its dedup record:
+    a copy arriving now is answered 200), seenForSeconds, job: None or {id, dueAt (epoch ms, None
+    once taken), running}}."""
+    now = now_ms() if now is None else now
+    job_id = keys.event_job_id(message_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.ttl(keys.seen(message_id))
+        pipe.exists(keys.job_key(job_id))
+        pipe.zscore(keys.QUEUE_NAME, job_id)
+        pipe.exists(keys.IN_PROGRESS_KEY_PREFIX + job_id)
+        seen_ttl, job_exists, due_at, running = await pipe.execute()
+    job = None
+    if job_exists or due_at is not None or running:
+        job = {"id": job_id, "dueAt": int(due_at) if due_at is not None else None, "running": bool(running)}
+    return {
+        "seen": int(seen_ttl) != -2,
+        "seenForSeconds": int(seen_ttl) if int(seen_ttl) >= 0 else None,
+        "job": job,
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,86 @@
+"""What the ops console reads back, kept off the ingress path (the workers write all of it):
+
+- per connection, its last HISTORY_LENGTH state changes, stale and Codat-decided ones included,
+  written by the connection compare-and-set itself (service.stores.connections), kept
+  HISTORY_TTL after the last one;
+- per delivery, a trace of what its job did, written as the job ends (workers.jobs), kept as
+  long as the message's dedup record;
+- per company, its connections and its name, as events and the reconcile give them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from service.core.clock import iso
+from service.stores import keys
+
+
+class HistoryStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def connection_history(self, connection_id: str) -> list[dict[str, Any]]:
+        """Newest first: {at, eventAt (ISO), from, to, outcome (applied | stale), authoritative
+        (Codat was asked), eventType, webhookId, emitted (lifecycle event types)}."""
+        raw = await self._redis.lrange(keys.connection_history(connection_id), 0, -1)
+        entries = []
+        for value in raw:
+            entry = orjson.loads(value)
+            entry["at"], entry["eventAt"] = iso(entry.get("at")), iso(entry.get("eventAt"))
+            entry["emitted"] = entry.get("emitted") or []  # Lua's cjson writes an empty list as {}
+            entries.append(entry)
+        return entries
+
+    async def record_delivery(self, message_id: str, trace: dict[str, Any]) -> None:
+        name = keys.delivery_trace(message_id)
+        fields = {k: v if isinstance(v, str) else orjson.dumps(v) for k, v in trace.items() if v is not None}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping=fields)  # type: ignore[arg-type]
+            pipe.hincrby(name, "tries", 1)
+            pipe.expire(name, keys.TRACE_TTL_SECONDS)
+            await pipe.execute()
+
+    async def delivery(self, message_id: str) -> dict[str, Any] | None:
+        """{webhookId, receivedAt, jobId, eventType, route, outcome, companyId, connectionId,
+        processedAt, tries}; None if no job has ended for it (yet)."""
+        raw = await self._redis.hgetall(keys.delivery_trace(message_id))
+        if not raw:
+            return None
+        trace: dict[str, Any] = {"webhookId": message_id}
+        for k, v in raw.items():
+            name, value = _text(k), _text(v)
+            trace[name] = int(value) if name in ("tries", "receivedAtMs", "processedAtMs") else value
+        trace["receivedAt"], trace["processedAt"] = iso(trace.get("receivedAtMs")), iso(trace.get("processedAtMs"))
+        seen = await self._redis.exists(keys.seen(message_id))
+        trace["deduplicating"] = bool(seen)  # a copy arriving now would be answered 200
+        return trace
+
+    async def connections_of(self, company_id: str) -> list[str]:
+        return sorted(_text(c) for c in await self._redis.smembers(keys.company_connections(company_id)))
+
+    async def company_name(self, company_id: str) -> str | None:
+        name = await self._redis.hget(keys.COMPANY_NAMES, company_id)
+        return _text(name) if name is not None else None
+
+    async def search_companies(self, query: str, limit: int = 50) -> list[dict[str, str | None]]:
+        """Companies whose id starts with, or whose name contains, `query` (case-insensitive).
+        A scan of the names: fine for the thousands of companies a console is used on."""
+        wanted = query.strip().lower()
+        found: list[dict[str, str | None]] = []
+        async for company, name in self._redis.hscan_iter(keys.COMPANY_NAMES, count=500):
+            company_id, company_name = _text(company), _text(name)
+            if not wanted or company_id.lower().startswith(wanted) or wanted in company_name.lower():
+                found.append({"companyId": company_id, "name": company_name})
+                if len(found) >= limit:
+                    break
+        if not found and wanted and await self._redis.exists(keys.company_connections(query.strip())):
+            found.append({"companyId": query.strip(), "name": None})  # known by id, never by name
+        return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
