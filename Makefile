@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench demo soak schema lock clean
+.PHONY: run test lint bench demo soak schema lock screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -41,6 +41,11 @@ soak: $(STAMP)
 # Schemathesis on the sandbox's implemented operations, longer than the bounded run in `make test`.
 schema: $(STAMP)
 	$(BIN)/python -m tests.sandbox_schema --examples 500
+
+# The README's screenshots of the ops console (docs/), taken by its browser test against the
+# sandbox: needs a chromium (apt-get install chromium).
+screenshots: $(STAMP)
+	CONSOLE_SCREENSHOTS=docs CONSOLE_BROWSER_REQUIRED=1 $(BIN)/pytest tests/test_console_browser.py -q
 
 # deploy/requirements.lock, which the production image installs (hashes checked): pyproject.toml's
 # runtime dependencies, resolved for the image's Python and platform. Run it after changing them.

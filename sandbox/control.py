@@ -5,7 +5,8 @@ revoking access) and let tests seed state, switch faults on and read back what h
 - POST /_sandbox/companies/{id}/link: the same, for scripts ({"platformKey": "mqjo"} optional)
 - POST /_sandbox/companies/{id}/connections/{id}/deauthorize | relink
 - PUT /_sandbox/companies/{id}/connections/{id}: seed a connection in a status (no events);
-  {"status", "created", "pulls": [dataType, ...]} (pulls completed when it was created)
+  {"status", "created", "pulls": [dataType, ...]} (pulls completed when it was created);
+  "Deleted": the company only, without that connection
 - PUT /_sandbox/fetch-on-first-link: {"dataTypes": [...]}: a first link queues those pulls by itself
 - PUT /_sandbox/companies/{id}/faults: [{status, retryAfter, delay, times, match}]; id `*`: any call
 - PUT /_sandbox/chaos: {rate, seed, statuses, retryAfter, delay}: random faults on every company's
@@ -76,6 +77,9 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         company = sandbox.companies.get(company_id) or sandbox.add_company(
             f"Company {company_id[:8]}", company_id=company_id
         )
+        if body.get("status") == "Deleted":  # the company, without that connection
+            company.connections.pop(request.path_params["connection_id"], None)
+            return JSONResponse({})
         connection = sandbox.put_connection(
             company, request.path_params["connection_id"], body.get("status", "Linked"), link_base=lifecycle.link_base
         )

@@ -74,11 +74,14 @@ def with_sandbox_ids(body: dict[str, Any], base_url: str) -> tuple[dict[str, Any
     rewritten = orjson.loads(text)
     if "generatedDate" in rewritten:  # today's event, not the catalogue's from 2022
         rewritten["generatedDate"] = datetime.now(tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    status = event.claimed_status if event.connection_id else None
+    # The sandbox holds what the event says: a deleted connection is not there; an event about a
+    # company alone makes the company only (a Linked connection nobody told of would be found by
+    # the next reconcile as a first link this service missed).
+    status = (event.claimed_status or "Linked") if event.connection_id else "Deleted"
     connection = made.get("connection_id") or str(uuid.uuid4())
     seeded = httpx.put(
         f"{base_url.rstrip('/')}/_sandbox/companies/{made['company_id']}/connections/{connection}",
-        json={"status": status if status in SEEDABLE else "Linked"},
+        json={"status": status if status in (*SEEDABLE, "Deleted") else "Linked"},
         timeout=10,
     )
     seeded.raise_for_status()

@@ -72,7 +72,8 @@ def _redis(url: str) -> Check:
     except Exception as exc:  # any failure to reach it is the answer here
         return Check("redis", False, f"{where} does not answer ({type(exc).__name__})")
     workers = "a worker is polling" if polling else "NO worker is polling"
-    return Check("redis", True, f"{where} answers: {depth} jobs queued, {letters} dead letters, {workers}")
+    letters_text = f"{letters} dead letter{'' if letters == 1 else 's'}"
+    return Check("redis", True, f"{where} answers: {depth} jobs queued, {letters_text}, {workers}")
 
 
 async def _read_redis(url: str) -> tuple[int, int, bool]:

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from service.core.catalogue import CONNECTION_EVENTS, RATE_LIMIT_EVENTS, SYNC_EVENTS
 from service.core.clock import now_ms
 from service.core.events import Event
+from service.stores.activity import count_job
 from service.stores.keys import MAX_TRIES
 from workers import connection_events, rate_limit, sync_events
 from workers.codat import CodatError, RateLimited, Rejected, Unavailable
@@ -98,6 +99,7 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
         JOBS.labels(route, outcome).inc()
         JOB_SECONDS.labels(route).observe(time.perf_counter() - started)
         await _trace(ctx, event, route, outcome)
+        await count_job(ctx["redis"], ctx.get("job_id"), job_try, event.received_at_ms, outcome)
     return outcome
 
 

@@ -1,4 +1,4 @@
-"""Settings, read once from the environment (names fixed by DESIGN.md)."""
+"""Settings, read once from the environment (names fixed by the contract: README, "Configuration")."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ DEDUP_TTL_SECONDS = 7 * 24 * 3600
 MAX_BODY_BYTES = 1024 * 1024
 MIN_SECRET_BYTES = 16
 INITIAL_SYNC_POLICIES = ("request", "auto", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+PLACEHOLDER = "REPLACE_ME"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -86,6 +88,13 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "json").lower()
         if log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, not {log_format!r}")
+        log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
+        for name in ("CODAT_API_KEY", "OPS_TOKEN", "CODAT_WEBHOOK_AUTH"):
+            # deploy/kubernetes/config.yaml ships placeholders: never start on one
+            if PLACEHOLDER in env.get(name, ""):
+                raise ConfigError(f"{name} is still the placeholder from deploy/: set the real value")
         initial_sync = env.get("CODAT_INITIAL_SYNC", "request").strip().lower() or "request"
         if initial_sync not in INITIAL_SYNC_POLICIES:
             raise ConfigError(f"CODAT_INITIAL_SYNC must be request, auto or off, not {initial_sync!r}")
@@ -109,7 +118,7 @@ class Settings:
             events_maxlen=_int(env, "CODAT_EVENTS_MAXLEN", 200_000, minimum=1000),
             handlers=env.get("CODAT_HANDLERS", "").strip() or None,
             handler_max_tries=_int(env, "CODAT_HANDLER_MAX_TRIES", 8, minimum=1),
-            log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_level=log_level,
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),
         )

@@ -20,7 +20,9 @@ class LifecycleStream:
         self, count: int = 100, *, kind: str | None = None, company_id: str | None = None, scan: int = 5000
     ) -> list[dict[str, Any]]:
         """Newest first, at most `count`, of the last `scan` entries, filtered by type/company."""
-        found = []
+        found: list[dict[str, Any]] = []
+        if count <= 0:
+            return found
         for stream_id, fields in await self._redis.xrevrange(self.name, count=scan):
             event = decode(stream_id, fields)
             if (kind is None or event["type"] == kind) and (company_id is None or event.get("companyId") == company_id):
@@ -29,8 +31,9 @@ class LifecycleStream:
                     break
         return found
 
-    async def follow(self, after: str = "$", block_ms: int = 5000) -> tuple[str, list[dict[str, Any]]]:
-        """Entries after stream id `after` (waiting up to `block_ms`); the id to follow from next."""
+    async def follow(self, after: str = "$", block_ms: int = 1000) -> tuple[str, list[dict[str, Any]]]:
+        """Entries after stream id `after` (waiting up to `block_ms`, which must stay under the
+        client's socket timeout); the id to follow from next."""
         answer = await self._redis.xread({self.name: after}, block=block_ms, count=500)
         events = [decode(stream_id, fields) for _, entries in answer or [] for stream_id, fields in entries]
         return (events[-1]["streamId"] if events else after), events

@@ -1,4 +1,4 @@
-"""/ops: what operators ask the service. Mounted only when OPS_TOKEN is set (DESIGN.md), and
+"""/ops: what operators ask the service. Mounted only when OPS_TOKEN is set (README, "The contract"), and
 every request must carry `Authorization: Bearer $OPS_TOKEN`."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.core.clock import iso
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.lifecycle import LifecycleStream
@@ -83,7 +84,12 @@ def ops_routes(
     async def reconcile(request: Request) -> JSONResponse:
         if denial := refused(request):
             return denial
-        return JSONResponse({"last": await reconciles.last(), "running": await reconciles.current()})
+        last, running = await reconciles.last(), await reconciles.current()
+        for run in (last, running):  # epoch ms inside, ISO 8601 outside
+            for name in ("startedAt", "finishedAt"):
+                if run and isinstance(run.get(name), int):
+                    run[name] = iso(run[name])
+        return JSONResponse({"last": last, "running": running})
 
     return [
         Route("/ops/reconcile", reconcile, methods=["GET"]),

@@ -1,6 +1,6 @@
 """POST /webhooks/codat: read, verify, parse, dedup + enqueue, answer. Never calls Codat.
 
-Status codes (DESIGN.md): 202 new, 200 duplicate, 400 malformed body, 401 failed verification,
+Status codes (README, "The contract"): 202 new, 200 duplicate, 400 malformed body, 401 failed verification,
 413 body too large, 503 + Retry-After when the queue cannot be written.
 
 This route is a plain ASGI app, which Starlette routes like any other (its Route still answers
