@@ -112,7 +112,9 @@ def test_sync_outcomes_and_the_rate_limit_pause_are_told_once(
         deliver(client, body)
         wait_until(lambda: idle(store), what="processed")
     deliver(client, dict(example("client.rateLimit.reset"), id="reset-twice"))
+    deliver(client, dict(reached, id="reached-late"))  # older than the reset: changes nothing
     wait_until(lambda: idle(store), what="processed")
+    assert not store.exists("codat:rate-limit:paused-until")
     sync = [(e["type"], e["status"]) for e in events(store, company=company)]
     assert sync == [("sync.completed", "Complete"), ("sync.failed", "FetchError")]
     assert [e["type"] for e in events(store, company="")] == ["rate_limit.paused", "rate_limit.resumed"]

@@ -179,6 +179,7 @@ def test_a_first_deployment_against_linked_synced_connections_starts_no_sync(
     assert [c for c in calls if c["method"] == "POST"] == []  # not one sync
     assert len([c for c in calls if c["path"] == "/companies"]) == 2  # and no call per connection
     assert "codat_reconcile_last_completed_timestamp_seconds " in client.get("/metrics").text
+    assert store.xlen("codat:lifecycle") == 0  # a first sight is not a change: nothing is told
 
 
 @pytest.mark.parametrize("fetch_on_first_link", [["invoices", "bills", "customers"], []])

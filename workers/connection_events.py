@@ -46,20 +46,27 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
     ids = {"connection_id": event.connection_id, "company_id": event.company_id}
     # What every write of this event carries: for the first-link mark, the history and the
     # lifecycle event it may emit.
-    told = {"first_link": event.first_link, "webhook_id": event.message_id, "company_name": event.company_name}
+    told = {
+        "first_link": event.first_link,
+        "webhook_id": event.message_id,
+        "company_name": event.company_name,
+        # when Codat says, or else when it reached us: never the moment Codat was asked later
+        "first_link_at_ms": event.generated_ms or event.received_at_ms,
+    }
     status, at = event.claimed_status, event.generated_ms
     applied: Applied | None = None
     if status is not None and at is not None:
         applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, **told, **ids)
     if applied is None or applied.outcome == "tied":
         reason = applied.outcome if applied else "undecided"
+        asked_at = now_ms()  # Codat's answer is the truth as of the moment it was asked
         truth = await codat.get_connection(event.company_id, event.connection_id)
         status = truth.get("status") if truth else "Deleted"
         if status not in STATUSES:
             log.error("connection.unreadable_status_from_codat", status=status)
             return "ignored"
         applied = await store.apply(
-            status=status, at_ms=now_ms(), event_type=event.event_type, authoritative=True, **told, **ids
+            status=status, at_ms=asked_at, event_type=event.event_type, authoritative=True, **told, **ids
         )
         log.info("connection.status_from_codat", status=status, reason=reason)
     if applied.outcome == "stale":
@@ -102,10 +109,12 @@ async def request_initial_sync(deps: Deps, company_id: str, connection_id: str, 
     pending = list(data_types)
     requested: set[str] = set()
     if claim in ("in_doubt", "orphaned") or policy == "auto":
-        if claim == "claimed":  # auto: what did Codat queue by itself since the link?
-            since = await store.first_link_at(connection_id)
-        else:  # in doubt: what did a call of ours, since the claim, get done?
-            since = await store.claimed_at(connection_id)
+        # in doubt: what did a call of ours get done since the claim; auto: what did Codat queue
+        # by itself since the link (and on an in-doubt rerun, both)
+        claimed_at = None if claim == "claimed" else await store.claimed_at(connection_id)
+        linked_at = await store.first_link_at(connection_id) if policy == "auto" else None
+        known = [t for t in (claimed_at, linked_at) if t is not None]
+        since = min(known) if known else None
         requested = await requested_since(codat, company_id, connection_id, since)
         if claim != "claimed":
             log.info("sync.initial_in_doubt", already_requested=sorted(requested))

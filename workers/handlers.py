@@ -35,7 +35,7 @@ from arq import Retry
 from redis.exceptions import RedisError, ResponseError
 
 from service.stores import keys
-from service.stores.keys import HANDLERS_GROUP
+from service.stores.keys import ARQ_MAX_TRIES, HANDLERS_GROUP
 from service.stores.lifecycle import decode
 from workers.deps import deps_of
 from workers.jobs import backoff_seconds
@@ -109,6 +109,10 @@ class Dispatcher:
                 log.debug("handlers.dispatch_waiting", error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
+            except Exception:  # a bug, or an entry it cannot read: say so, and keep dispatching
+                log.exception("handlers.dispatch_failed")
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
 
     async def _ensure_group(self) -> None:
         try:
@@ -129,16 +133,24 @@ class Dispatcher:
 
     async def _dispatch(self, entries: list[Any]) -> None:
         for stream_id, fields in entries:
-            if fields:  # an entry trimmed away meanwhile comes back empty
-                event = decode(stream_id, fields)
+            event = decode(stream_id, fields) if fields else {}  # trimmed away meanwhile: empty
+            if not isinstance(event.get("id"), str):
+                log.error("handlers.unreadable_entry", stream_id=str(stream_id))
+            else:
                 for name in self._registry.get(event.get("type", ""), {}):
                     await self._enqueue_once(name, event)
             await self._redis.xack(self._stream, HANDLERS_GROUP, stream_id)
 
     async def _enqueue_once(self, name: str, event: dict[str, Any]) -> None:
+        # Queued before it is marked, marked before the entry is acknowledged: a crash between
+        # any two leaves the entry pending, and its redelivery finds the job (arq refuses a job
+        # id whose job or result it still holds: RUN_HANDLER keeps results an hour, far past
+        # CLAIM_IDLE_MS) or the marker, never neither.
         marker = f"{keys.HANDLED_PREFIX}{name}:{event['id']}"
-        if await self._redis.set(marker, 1, nx=True, ex=keys.TRACE_TTL_SECONDS):
-            await self._redis.enqueue_job(RUN_HANDLER, name, event, _job_id=f"handler:{name}:{event['id']}")
+        if await self._redis.exists(marker):
+            return
+        await self._redis.enqueue_job(RUN_HANDLER, name, event, _job_id=f"handler:{name}:{event['id']}")
+        await self._redis.set(marker, 1, ex=keys.TRACE_TTL_SECONDS)
 
 
 async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> str:
@@ -165,7 +177,7 @@ async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> 
         HANDLER_CALLS.labels(name, "failed").inc()
         HANDLER_SECONDS.labels(name).observe(seconds)
         error = f"{type(exc).__name__}: {exc}"
-        if job_try >= deps.settings.handler_max_tries:
+        if job_try >= min(deps.settings.handler_max_tries, ARQ_MAX_TRIES - 1):
             return await _dead_letter(ctx, name, event, "handler_failed", error)
         delay = backoff_seconds(job_try, deps.settings.retry_base_seconds)
         log.warning("handler.failed", error=error, retry_in_seconds=round(delay, 3), seconds=round(seconds, 3))

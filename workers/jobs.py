@@ -121,6 +121,17 @@ async def _trace(ctx: dict[str, Any], event: Event, route: str, outcome: str) ->
 
 
 async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:
+    try:
+        return await _policy(ctx, event, record, route)
+    except RedisError as exc:
+        # Redis went away while the policy itself wrote (a deferral remembered, a dead letter):
+        # retried all the same, never lost to arq's plain failure.
+        delay = backoff_seconds(ctx.get("job_try", 1), deps_of(ctx).settings.retry_base_seconds)
+        log.warning("job.deferred", reason="redis_unavailable", retry_in_seconds=round(delay, 3), error=str(exc))
+        raise Retry(defer=delay) from None
+
+
+async def _policy(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:
     deps = deps_of(ctx)
     try:
         async with asyncio.timeout(deps.call_budget_seconds):
@@ -158,7 +169,12 @@ async def _defer(
 
 
 async def _dead_letter(ctx: dict[str, Any], record: dict[str, Any], reason: str, exc: BaseException) -> str:
-    letters = deps_of(ctx).dead_letters
+    deps = deps_of(ctx)
+    letters = deps.dead_letters
+    if record.get("connection_id") and ctx.get("job_id"):
+        # A claim this job held is up for the taking now (its replay has another job id), not
+        # only once its lease runs out.
+        await deps.connections.expire_claim(record["connection_id"], ctx["job_id"])
     status = exc.status if isinstance(exc, CodatError) else None
     letter_id = await letters.add(
         record,

@@ -42,9 +42,10 @@ async def handle(rate_limits: RateLimits, event: Event) -> str:
         if until <= now_ms():
             log.warning("rate_limit.reached", paused_until=iso(until), paused=False, expiry_past=True)
             return "expired"
-        await rate_limits.pause(until, event.generated_date, event.daily_quota)
+        at = event.generated_ms or event.received_at_ms
+        await rate_limits.pause(until, event.generated_date, event.daily_quota, event_at_ms=at)
         log.warning("rate_limit.reached", paused_until=iso(until), paused=True, daily_quota=event.daily_quota)
         return "paused"
-    woken = await rate_limits.resume(event.generated_date)
+    woken = await rate_limits.resume(event.generated_date, event_at_ms=event.generated_ms or event.received_at_ms)
     log.info("rate_limit.reset", woken_jobs=woken)
     return "resumed"

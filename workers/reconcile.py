@@ -90,7 +90,8 @@ async def reconcile_page(ctx: dict[str, Any], run_id: str, page: int) -> str:
         log.warning("reconcile.deferred", reason=type(exc).__name__, retry_in_seconds=round(delay, 3))
         raise Retry(defer=delay) from None
     except Rejected as exc:
-        # Codat refuses the listing itself (a revoked key, say): stop; the next tick tries again.
+        # Codat refuses the listing itself (a revoked key, say; a single connection's refusal is
+        # caught per connection): stop; the next tick tries again.
         log.error("reconcile.failed", error=str(exc), status=exc.status)
         RECONCILE_RUNS.labels("failed").inc()
         await deps.reconciles.release(run_id)
@@ -124,8 +125,8 @@ async def _finish(deps: Deps, run_id: str) -> str:
 async def reconcile_companies_page(
     deps: Deps, page: int, *, owner: str, dry_run: bool = False
 ) -> tuple[Counter[str], bool]:
+    observed_at = now_ms()  # before the call: an event generated while it is in flight is newer
     companies, more = await deps.codat.list_companies(page, PAGE_SIZE)
-    observed_at = now_ms()
     found: Counter[str] = Counter()
     for company in companies:
         found += await reconcile_company(deps, company, observed_at, owner=owner, dry_run=dry_run)
@@ -144,7 +145,17 @@ async def reconcile_company(
     for connection in connections:
         if isinstance(connection, dict) and isinstance(connection.get("id"), str):
             name = company.get("name") if isinstance(company.get("name"), str) else None
-            kind = await _reconcile_connection(deps, company_id, name, connection, observed_at, owner, dry_run)
+            try:
+                kind = await _reconcile_connection(deps, company_id, name, connection, observed_at, owner, dry_run)
+            except Rejected as exc:  # one connection Codat refuses must not stop the run at this page
+                log.error(
+                    "reconcile.connection_failed",
+                    company_id=company_id,
+                    connection_id=connection["id"],
+                    error=str(exc),
+                    status=exc.status,
+                )
+                kind = "failed"
             found["connections"] += 1
             if kind:
                 found[kind] += 1

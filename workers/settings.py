@@ -59,7 +59,8 @@ class WorkerSettings:
     functions = [
         func(process_event, name=PROCESS_EVENT, keep_result=0),
         func(reconcile_page, name=RECONCILE_PAGE),
-        func(run_handler, name=RUN_HANDLER),
+        # kept an hour: the handler dispatcher relies on arq refusing a job id it still holds
+        func(run_handler, name=RUN_HANDLER, keep_result=3600),
     ]
     queue_name = QUEUE_NAME
     on_startup = startup

@@ -24,7 +24,8 @@ from service.stores.outbox import EMIT, Outbox
 # KEYS: the connection, its history, the lifecycle stream, the company's connections, company
 # names. ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1":
 # Codat's own answer, the truth as of now), first link ("1": the event says the connection was
-# linked for the first time), webhook id, occurredAt (ISO), company name, then Outbox.args.
+# linked for the first time), webhook id, occurredAt (ISO), company name, then Outbox.args, then
+# when the first link happened as far as the event can tell (ms).
 # The first-link mark, and the time the event gives for it, is kept whatever the outcome: a
 # stale `connection.connected` still says the connection was once linked for the first time.
 # Each call leaves one history entry; a change emits its lifecycle event before it is written.
@@ -49,7 +50,8 @@ if outcome == 'tied' then return {outcome, current, sync or false, seen or false
 local newly_linked = ARGV[8] == '1' and not seen
 local kinds = {}
 if newly_linked then kinds[#kinds + 1] = 'connection.linked' end
-if outcome == 'applied' and current ~= ARGV[1] then
+-- The reconcile's first sight of a connection (no state here yet) is not a change to tell of.
+if outcome == 'applied' and current ~= ARGV[1] and (current or ARGV[5] ~= 'reconcile') then
   if ARGV[1] == 'Linked' and not newly_linked then kinds[#kinds + 1] = 'connection.relinked'
   elseif ARGV[1] == 'Unlinked' then kinds[#kinds + 1] = 'connection.unlinked'
   elseif ARGV[1] == 'Deauthorized' then kinds[#kinds + 1] = 'connection.deauthorized'
@@ -69,7 +71,7 @@ redis.call('PEXPIRE', KEYS[2], HISTORY_TTL_MS)
 redis.call('SADD', KEYS[4], ARGV[4])
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[5], ARGV[3], ARGV[11]) end
 if newly_linked then
-  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[2])
+  redis.call('HSET', KEYS[1], 'firstLinkSeen', '1', 'firstLinkAt', ARGV[15])
   seen = '1'
 end
 if outcome == 'stale' then return {outcome, current, sync or false, seen or false, kinds} end
@@ -121,6 +123,11 @@ redis.call('HDEL', KEYS[1], 'initialSyncOwner', 'initialSyncLeaseUntil')
 return 1
 """
 )
+_EXPIRE = """
+if redis.call('HGET', KEYS[1], 'initialSyncOwner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'initialSyncLeaseUntil', 0)
+return 1
+"""
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'initialSyncOwner') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'initialSync', 'initialSyncOwner', 'initialSyncLeaseUntil',
@@ -153,6 +160,7 @@ class ConnectionStore:
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
         self._release = redis.register_script(_RELEASE)
+        self._expire = redis.register_script(_EXPIRE)
 
     async def apply(
         self,
@@ -167,6 +175,7 @@ class ConnectionStore:
         webhook_id: str = "",
         occurred_at: str | None = None,
         company_name: str | None = None,
+        first_link_at_ms: int | None = None,
     ) -> Applied:
         """Write `status` as of `at_ms` unless a newer event wrote the current one, and keep the
         first-link mark whatever the outcome. `occurred_at`: the time Codat gives for it."""
@@ -192,6 +201,7 @@ class ConnectionStore:
                 occurred_at or iso(at_ms) or "",
                 company_name or "",
                 *self._outbox.args(),
+                first_link_at_ms or at_ms,
             ],
         )
         return Applied(
@@ -218,6 +228,11 @@ class ConnectionStore:
                 args=[owner, now, orjson.dumps(fields), *self._outbox.args()],
             )
         )
+
+    async def expire_claim(self, connection_id: str, owner: str) -> bool:
+        """End `owner`'s lease now (it failed for good): the next job takes the claim over as
+        in doubt, without waiting for the lease."""
+        return bool(await self._expire(keys=[key(connection_id)], args=[owner]))
 
     async def release_initial_sync(self, connection_id: str, owner: str) -> bool:
         return bool(await self._release(keys=[key(connection_id)], args=[owner, now_ms()]))

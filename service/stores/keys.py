@@ -33,6 +33,7 @@ ARQ_MAX_TRIES = MAX_TRIES + 1
 
 # Ours
 RATE_LIMIT_PAUSED_UNTIL = "codat:rate-limit:paused-until"
+RATE_LIMIT_LAST_EVENT_AT = "codat:rate-limit:last-event-at"  # orders reached/reset deliveries
 RATE_LIMIT_DEFERRED = "codat:rate-limit:deferred"  # job ids deferred by the pause, woken by a reset
 DEAD_LETTERS = "codat:dead-letters"
 DEAD_LETTERS_BY_TIME = "codat:dead-letters:by-time"

@@ -7,14 +7,21 @@ import orjson
 from redis.asyncio import Redis
 
 from service.core.clock import iso, now_ms
-from service.stores.keys import QUEUE_NAME, RATE_LIMIT_DEFERRED, RATE_LIMIT_PAUSED_UNTIL
+from service.stores.keys import QUEUE_NAME, RATE_LIMIT_DEFERRED, RATE_LIMIT_LAST_EVENT_AT, RATE_LIMIT_PAUSED_UNTIL
 from service.stores.outbox import EMIT, Outbox
 
-# KEYS: the pause, the stream. ARGV: until (ms), now (ms), fields (JSON), then Outbox.args. A
-# pause that only repeats (or shortens) the one in force changes nothing and tells nothing.
+# Both: a reached or reset older (by Codat's time) than the last one taken is a late delivery
+# and changes nothing; at the same time, a reset wins (calls go out; Codat says 429 if it must).
+# KEYS: the pause, the stream, the last event's time. ARGV: until (ms), now (ms), fields (JSON),
+# then Outbox.args, then the event's time (ms). A pause that only repeats (or shortens) the one
+# in force changes nothing and tells nothing.
 _PAUSE = (
     EMIT
     + """
+local last_at, last_kind = string.match(redis.call('GET', KEYS[3]) or '-1:none', '^(-?%d+):(%a+)$')
+local at = tonumber(ARGV[7])
+if at < tonumber(last_at) or (at == tonumber(last_at) and last_kind == 'resumed') then return 0 end
+redis.call('SET', KEYS[3], ARGV[7] .. ':paused')
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current >= tonumber(ARGV[1]) then return 0 end
 local fields = cjson.decode(ARGV[3])
@@ -24,10 +31,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', math.max(1, tonumber(ARGV[1]) - tonumb
 return 1
 """
 )
-# KEYS: the pause, the stream. ARGV: fields (JSON), then Outbox.args. Resumed only if paused.
+# KEYS: the pause, the stream, the last event's time. ARGV: fields (JSON), then Outbox.args,
+# then the event's time (ms). Resumed only if paused.
 _RESUME = (
     EMIT
     + """
+local last_at = string.match(redis.call('GET', KEYS[3]) or '-1:none', '^(-?%d+):')
+if tonumber(ARGV[5]) < tonumber(last_at) then return 0 end
+redis.call('SET', KEYS[3], ARGV[5] .. ':resumed')
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local fields = cjson.decode(ARGV[1])
 fields['derivedAt'] = ARGV[4]
@@ -50,7 +61,9 @@ class RateLimits:
         until = await self._redis.get(RATE_LIMIT_PAUSED_UNTIL)
         return int(until) if until is not None and int(until) > now_ms() else None
 
-    async def pause(self, until_ms: int, occurred_at: str | None = None, daily_quota: object = None) -> bool:
+    async def pause(
+        self, until_ms: int, occurred_at: str | None = None, daily_quota: object = None, event_at_ms: int | None = None
+    ) -> bool:
         """Pause every Codat call until `until_ms`; True if that moved the pause (and told so)."""
         fields = {
             "companyId": "",  # the whole Codat client, no one company
@@ -59,17 +72,19 @@ class RateLimits:
             "dailyQuota": daily_quota,
         }
         fields = {k: v for k, v in fields.items() if v is not None}
-        args = [until_ms, now_ms(), orjson.dumps(fields), *self._outbox.args()]
-        return bool(await self._pause(keys=[RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream], args=args))
+        args = [until_ms, now_ms(), orjson.dumps(fields), *self._outbox.args(), event_at_ms or now_ms()]
+        names = [RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream, RATE_LIMIT_LAST_EVENT_AT]
+        return bool(await self._pause(keys=names, args=args))
 
     async def remember_deferred(self, job_id: str) -> None:
         await self._redis.sadd(RATE_LIMIT_DEFERRED, job_id)
 
-    async def resume(self, occurred_at: str | None = None) -> int:
+    async def resume(self, occurred_at: str | None = None, event_at_ms: int | None = None) -> int:
         """Lift the pause (telling so if there was one) and make every job it deferred due now;
         how many were woken."""
         fields = orjson.dumps({"companyId": "", "occurredAt": occurred_at or iso(now_ms())})
-        await self._resume(keys=[RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream], args=[fields, *self._outbox.args()])
+        names = [RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream, RATE_LIMIT_LAST_EVENT_AT]
+        await self._resume(keys=names, args=[fields, *self._outbox.args(), event_at_ms or now_ms()])
         job_ids = await self._redis.smembers(RATE_LIMIT_DEFERRED)
         if not job_ids:
             return 0
