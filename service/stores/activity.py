@@ -16,6 +16,7 @@ import contextlib
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.core.clock import now_ms
@@ -28,23 +29,38 @@ _FIRST_DELIVERY_JOB = keys.event_job_id("")  # a replay's job is not a delivery
 
 
 async def count_job(
-    redis: Redis, job_id: str | None, job_try: int, received_at_ms: int | None, outcome: str, *, now: int | None = None
+    redis: Redis,
+    job_id: str | None,
+    job_try: int,
+    received_at_ms: int | None,
+    outcome: str,
+    *,
+    now: int | None = None,
+    pipe: Pipeline | None = None,
 ) -> None:
     """Count one job try that ended with `outcome`. Never raises for Redis: a count is not worth
-    a job's retry."""
+    a job's retry. With `pipe`, the commands join that pipeline (the caller sends it: the job
+    path sends this and its trace in one round trip)."""
     now = now_ms() if now is None else now
     horizon = now - keys.ACTIVITY_TTL_SECONDS * 1000
     minute = now // MINUTE_MS
+
+    def queue(into: Pipeline) -> None:
+        first = job_try == 1 and (job_id or "").startswith(_FIRST_DELIVERY_JOB)
+        if first and received_at_ms is not None and received_at_ms > horizon:
+            received = min(received_at_ms, now) // MINUTE_MS
+            into.hincrby(keys.activity_minute(received), DELIVERIES, 1)
+            into.expireat(keys.activity_minute(received), _expiry(received))
+        into.hincrby(keys.activity_minute(minute), OUTCOME + outcome, 1)
+        into.expireat(keys.activity_minute(minute), _expiry(minute))
+
+    if pipe is not None:
+        queue(pipe)
+        return
     with contextlib.suppress(RedisError, OSError):
-        async with redis.pipeline(transaction=False) as pipe:
-            first = job_try == 1 and (job_id or "").startswith(_FIRST_DELIVERY_JOB)
-            if first and received_at_ms is not None and received_at_ms > horizon:
-                received = min(received_at_ms, now) // MINUTE_MS
-                pipe.hincrby(keys.activity_minute(received), DELIVERIES, 1)
-                pipe.expireat(keys.activity_minute(received), _expiry(received))
-            pipe.hincrby(keys.activity_minute(minute), OUTCOME + outcome, 1)
-            pipe.expireat(keys.activity_minute(minute), _expiry(minute))
-            await pipe.execute()
+        async with redis.pipeline(transaction=False) as own:
+            queue(own)
+            await own.execute()
 
 
 def _expiry(minute: int) -> int:

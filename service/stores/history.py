@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from service.core.clock import iso
 from service.stores import keys
@@ -35,14 +36,22 @@ class HistoryStore:
             entries.append(entry)
         return entries
 
-    async def record_delivery(self, message_id: str, trace: dict[str, Any]) -> None:
+    async def record_delivery(self, message_id: str, trace: dict[str, Any], pipe: Pipeline | None = None) -> None:
+        """With `pipe`, the commands join it and the caller sends it."""
         name = keys.delivery_trace(message_id)
         fields = {k: v if isinstance(v, str) else orjson.dumps(v) for k, v in trace.items() if v is not None}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(name, mapping=fields)  # type: ignore[arg-type]
-            pipe.hincrby(name, "tries", 1)
-            pipe.expire(name, keys.TRACE_TTL_SECONDS)
-            await pipe.execute()
+
+        def queue(into: Pipeline) -> None:
+            into.hset(name, mapping=fields)  # type: ignore[arg-type]
+            into.hincrby(name, "tries", 1)
+            into.expire(name, keys.TRACE_TTL_SECONDS)
+
+        if pipe is not None:
+            queue(pipe)
+            return
+        async with self._redis.pipeline(transaction=True) as own:
+            queue(own)
+            await own.execute()
 
     async def delivery(self, message_id: str) -> dict[str, Any] | None:
         """{webhookId, receivedAt, jobId, eventType, route, outcome, companyId, connectionId,
