@@ -67,15 +67,8 @@ async def open_loop(port: int, requests: list[bytes], rate: float, connections: 
             while (item := await queue.get()) is not None:
                 due, request = item
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                status = await load.read_response(reader)
                 latencies.append(clock() - due)
-                status = int(head[9:12])
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()
