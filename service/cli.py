@@ -15,8 +15,10 @@ import orjson
 from service.core import devenv, redisurl
 from service.core.config import ConfigError, Settings
 
-# Dev tooling (sandbox/devcli.py), imported only when one of these runs.
-DEV_COMMANDS = ("dev", "demo", "sandbox", "send", "link", "secret", "env")
+# Dev tooling is registered by the package metadata (pyproject's `codat_webhooks.dev` entry
+# points, sandbox/devcli.py) and loaded only when one of its commands runs: this module, which
+# production runs, names no dev module.
+DEV_COMMAND_GROUP = "codat_webhooks.dev"
 # The long-running processes: their refusals are log lines (process.refused_to_start), read by a
 # log pipeline; every other command answers a person, in plain words.
 PROCESSES = ("web", "worker")
@@ -329,14 +331,19 @@ def status(args: argparse.Namespace) -> int:
 
 def _dev(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        from importlib.metadata import entry_points
+
+        missing = (
+            f"`codat-webhooks {name}` is dev tooling, not part of this install ({{}}): "
+            "install the project with its dev extra, `pip install -e '.[dev]'`"
+        )
+        found = entry_points(group=DEV_COMMAND_GROUP, name=name)
+        if not found:
+            return fail(missing.format("no such command registered"))
         try:
-            from sandbox import devcli
+            command: Callable[[argparse.Namespace], int] = next(iter(found)).load()
         except ImportError as exc:
-            return fail(
-                f"`codat-webhooks {name}` is dev tooling, not part of this install ({exc.name} is missing): "
-                "install the project with its dev extra, `pip install -e '.[dev]'`"
-            )
-        command: Callable[[argparse.Namespace], int] = getattr(devcli, name)
+            return fail(missing.format(f"{exc.name} is missing"))
         return command(args)
 
     return run

