@@ -2,17 +2,39 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/pip --quiet --disable-pip-version-check
+# Every install comes from a lock file with hashes, never from pyproject.toml's ranges, so what a
+# fresh clone runs and tests does not depend on what the package index released today:
+#   deploy/requirements.lock       the runtime: what the production image installs
+#   deploy/requirements-dev.lock   the runtime + `make run`'s dev tools (embedded Valkey, honcho)
+#   deploy/requirements-test.lock  the above + the test tools
+# The dev and test locks are resolved with the runtime lock as a constraint, so the tests run on
+# exactly the versions the image ships. `make lock` moves them, deliberately, in a reviewed diff.
+RUN_LOCK  := deploy/requirements-dev.lock
+TEST_LOCK := deploy/requirements-test.lock
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+STAMP := $(TEST_STAMP)
 
 .PHONY: run test lint bench demo soak schema lock screenshots clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,test]'
-	@touch $(STAMP)
 
-run: $(STAMP)
+# The project itself goes in editable, without resolving anything (--no-deps) and built by the
+# locked setuptools (--no-build-isolation: no unpinned build backend fetched from the index).
+$(RUN_STAMP): pyproject.toml $(RUN_LOCK) | $(BIN)/python
+	$(PIP) install --require-hashes -r $(RUN_LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml $(TEST_LOCK) | $(BIN)/python
+	$(PIP) install --require-hashes -r $(TEST_LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/codat-webhooks dev
 
 test: $(STAMP)
@@ -26,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/codat-webhooks demo
 
 # Every benchmark in one run, each figure beside bench/baseline.json (~6 min); BENCH_ARGS picks
@@ -47,12 +69,20 @@ schema: $(STAMP)
 screenshots: $(STAMP)
 	CONSOLE_SCREENSHOTS=docs CONSOLE_BROWSER_REQUIRED=1 $(BIN)/pytest tests/test_console_browser.py -q
 
-# deploy/requirements.lock, which the production image installs (hashes checked): pyproject.toml's
-# runtime dependencies, resolved for the image's Python and platform. Run it after changing them.
-lock: $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform linux \
-		--custom-compile-command "make lock" --quiet -o deploy/requirements.lock
+# The three lock files (see the top of this file), from pyproject.toml: run it after changing a
+# dependency or to move to newer releases, and review the diff. uv runs from its own venv, pinned,
+# so that the lock tool is not part of what the tests run on. It keeps the versions already
+# locked where they still fit; `make lock LOCK_UPGRADE=--upgrade` moves everything to the newest.
+UV_VERSION := 0.13.9
+LOCK_VENV  := .venv-lock
+LOCK_ARGS  := $(LOCK_UPGRADE) --generate-hashes --python-version 3.11 --python-platform linux --custom-compile-command "make lock" --quiet
+lock:
+	test -x $(LOCK_VENV)/bin/uv || ($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION))
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o deploy/requirements.lock
+	echo 'setuptools>=68' | $(LOCK_VENV)/bin/uv pip compile pyproject.toml - --extra dev \
+		-c deploy/requirements.lock $(LOCK_ARGS) -o $(RUN_LOCK)
+	echo 'setuptools>=68' | $(LOCK_VENV)/bin/uv pip compile pyproject.toml - --extra dev --extra test \
+		-c deploy/requirements.lock -c $(RUN_LOCK) $(LOCK_ARGS) -o $(TEST_LOCK)
 
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) $(LOCK_VENV) .data

