@@ -7,12 +7,16 @@ revoking access) and let tests seed state, switch faults on and read back what h
 - PUT /_sandbox/companies/{id}/connections/{id}: seed a connection in a status (no events);
   {"status", "created", "pulls": [dataType, ...]} (pulls completed when it was created);
   "Deleted": the company only, without that connection
-- PUT /_sandbox/fetch-on-first-link: {"dataTypes": [...]}: a first link queues those pulls by itself
+- PUT /_sandbox/fetch-on-first-link: {"dataTypes": [...]}: the client's sync settings with Fetch on
+  first link on for exactly those (a first link queues them by itself; data/all queues them)
+- PUT /_sandbox/behaviour: {inProgressStatus: 400|409, companyConcurrency, dailyQuota}: how Codat
+  answers where its docs are silent, and its limits (sandbox.state.Behaviour)
 - PUT /_sandbox/companies/{id}/faults: [{status, retryAfter, delay, times, match}]; id `*`: any call
 - PUT /_sandbox/chaos: {rate, seed, statuses, retryAfter, delay}: random faults on every company's
   Codat API calls (never on these routes); {"rate": 0} switches them off
 - PUT /_sandbox/companies/{id}/pull-outcomes: {"invoices": "FetchError"}: how pulls end
-- GET /_sandbox/calls, GET /_sandbox/deliveries (each attempt; a message given up after the
+- GET /_sandbox/calls (each with `inFlight`: the company's requests being answered as it came),
+  GET /_sandbox/deliveries (each attempt; a message given up after the
   schedule's last attempt, and a consumer disabled after 5 days of failures, are recorded too),
   POST /_sandbox/reset
 """
@@ -96,8 +100,22 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         data_types = body.get("dataTypes") if isinstance(body, dict) else None
         if not isinstance(data_types, list) or not all(isinstance(t, str) for t in data_types):
             return JSONResponse({"error": "dataTypes must be a list of data types"}, 400)
-        sandbox.fetch_on_first_link = tuple(data_types)
+        sandbox.set_fetch_on_first_link(tuple(data_types))
         return JSONResponse({"dataTypes": data_types})
+
+    async def set_behaviour(request: Request) -> Response:
+        body = await request.json()
+        behaviour = sandbox.behaviour
+        try:
+            status = int(body.get("inProgressStatus", behaviour.in_progress_status))
+            if status not in (400, 409):
+                raise ValueError
+            behaviour.in_progress_status = status
+            behaviour.company_concurrency = int(body.get("companyConcurrency", behaviour.company_concurrency))
+            behaviour.daily_quota = int(body.get("dailyQuota", behaviour.daily_quota))
+        except (TypeError, ValueError, AttributeError):
+            return JSONResponse({"error": "inProgressStatus (400|409), companyConcurrency, dailyQuota: numbers"}, 400)
+        return JSONResponse(behaviour.as_json())
 
     async def set_faults(request: Request) -> Response:
         body = await request.json()
@@ -156,6 +174,7 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         Route(f"{company}/pull-outcomes", set_pull_outcomes, methods=["PUT"]),
         Route("/_sandbox/chaos", set_chaos, methods=["PUT"]),
         Route("/_sandbox/fetch-on-first-link", set_fetch_on_first_link, methods=["PUT"]),
+        Route("/_sandbox/behaviour", set_behaviour, methods=["PUT"]),
         Route("/_sandbox/chaos", get_chaos, methods=["GET"]),
         Route("/_sandbox/calls", calls, methods=["GET"]),
         Route("/_sandbox/deliveries", deliveries, methods=["GET"]),

@@ -36,7 +36,7 @@ def run() -> int:
             for key, value in os.environ.items()
             if not key.startswith(("CODAT_", "REDIS_", "OPS_", "SANDBOX_"))
         }
-        env.update(PORT=str(devmode.free_port()), OPS_TOKEN=secrets.token_urlsafe(16), LOG_FORMAT="json")
+        env.update(PORT=str(devmode.free_port()), OPS_TOKEN=secrets.token_urlsafe(32), LOG_FORMAT="json")
         log_path = data_dir / "procfile.log"
         with devmode.stack(env, data_dir), open(log_path, "wb") as log:
             processes = devmode.procfile(env, stdout=log, stderr=log, start_new_session=True)

@@ -196,3 +196,19 @@ def url_refusal(url: str, allow_any_host: bool) -> str | None:
             " SANDBOX_ALLOW_ANY_HOST=1 allows others"
         )
     return None
+
+
+def sync_settings(body: Any) -> dict[str, dict[str, Any]]:
+    """POST .../syncSettings: {settings: [SyncSetting, ...]} (Codat-Platform.json), by data type.
+    `dataType` and `fetchOnFirstLink` are what the sandbox acts on; the rest is kept as given."""
+    settings = _object(body, "sync settings").get("settings")
+    if not isinstance(settings, list):
+        raise Invalid("settings must be a list of SyncSetting objects")
+    found: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        setting = _object(setting, "SyncSetting")
+        name = data_type(str(_string(setting, "dataType", required=True)))
+        if not isinstance(setting.get("fetchOnFirstLink"), bool):
+            raise Invalid("fetchOnFirstLink must be true or false")
+        found[name] = _kept(dict(setting))
+    return found

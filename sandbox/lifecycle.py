@@ -74,8 +74,13 @@ class Lifecycle:
         again = connection["id"] in self._linked_before
         self._linked_before.add(connection["id"])
         self._send("connection.reconnected" if again else "connection.connected", company, connection)
-        if not again and self.sandbox.fetch_on_first_link:
-            self.queue_pulls(company, connection["id"], list(self.sandbox.fetch_on_first_link))
+        # "The data type is automatically queued for synchronization when a company is first
+        # linked" for each with Fetch on first link on, in the company's settings
+        # (https://docs.codat.io/core-concepts/data-type-settings); the pulls stay in progress for
+        # the sandbox's pull time (SANDBOX_PULL_STEP_SECONDS x the statuses they go through).
+        wanted = self.sandbox.fetch_on_first_link(company)
+        if not again and wanted:
+            self.queue_pulls(company, connection["id"], [t for t in wanted if not self.sandbox.in_progress(company, t)])
         return connection
 
     def link(self, company: Company, platform_key: str = "mqjo") -> dict[str, Any]:
@@ -93,6 +98,8 @@ class Lifecycle:
         self._send("connection.deleted", company, connection)
 
     def queue_pulls(self, company: Company, connection_id: str, data_types: list[str]) -> list[dict[str, Any]]:
+        if not data_types:
+            return []
         pulls = [self.sandbox.queue_pull(company, connection_id, data_type) for data_type in data_types]
         task = asyncio.get_running_loop().create_task(self._progress(company, connection_id, pulls))
         self._tasks.add(task)

@@ -10,8 +10,33 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-# What `data/all` queues for each linked connection (a typical accounting set).
+# The data types the sandbox's sync settings list (a typical accounting set), and which of them
+# have Fetch on first link on by default. Codat: "By default, Fetch on first link is on for most
+# data types" (https://docs.codat.io/core-concepts/data-type-settings, "Use Fetch on first
+# link"); the page does not say which are off, so here the two report types are (they cost the
+# most to fetch), and `SANDBOX_FETCH_ON_FIRST_LINK` or PUT /_sandbox/fetch-on-first-link change it.
 DEFAULT_DATA_TYPES = ("company", "chartOfAccounts", "invoices", "bills", "customers", "suppliers")
+SETTINGS_DATA_TYPES = (*DEFAULT_DATA_TYPES, "balanceSheet", "profitAndLoss")
+CLIENT_ID = "367f7975-267b-439b-90c6-a6040ee680f3"
+
+
+def sync_settings(fetch_on_first_link: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """SyncSetting objects (Codat-Platform.json) by data type, Fetch on first link as given."""
+    names = [*SETTINGS_DATA_TYPES, *(t for t in fetch_on_first_link if t not in SETTINGS_DATA_TYPES)]
+    return {
+        name: {
+            "dataType": name,
+            "fetchOnFirstLink": name in fetch_on_first_link,
+            "syncSchedule": 24,
+            "syncOrder": order,
+            "syncFromWindow": 24,
+            "monthsToSync": 24,
+            "isLocked": False,
+        }
+        for order, name in enumerate(names)
+    }
+
+
 PLATFORMS = {"mqjo": "Sandbox", "gbol": "Xero", "pdvj": "Sage 50 (UK & Ireland)"}
 
 
@@ -76,6 +101,8 @@ class Company:
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     pulls: list[dict[str, Any]] = field(default_factory=list)
     tags: dict[str, str] | None = None
+    # POST /companies/{id}/syncSettings: this company's own settings, over the client's.
+    sync_settings: dict[str, dict[str, Any]] | None = None
 
     def as_json(self, link_base: str) -> dict[str, Any]:
         # Fields without a value are left out rather than null: Codat-Platform.json is OpenAPI 3.1,
@@ -95,18 +122,62 @@ class Company:
         return found
 
 
+@dataclass
+class Behaviour:
+    """How Codat answers where its docs leave a choice, and its documented limits; a reset keeps
+    what the sandbox was started with."""
+
+    # The data types with Fetch on first link on in the client's settings (see SETTINGS_DATA_TYPES).
+    fetch_on_first_link: tuple[str, ...] = tuple(t for t in DEFAULT_DATA_TYPES)
+    # DatasetAlreadyInProgressException's status code: not documented
+    # (https://docs.codat.io/using-the-api/queueing-data-syncs); Codat's errors page lists 400
+    # for a request it will not carry out, so 400, and 409 as the other plausible answer.
+    in_progress_status: int = 400
+    # "10 concurrent requests per ACC" and "1,000 x (1 + number of ACCs) requests per day"
+    # (https://docs.codat.io/using-the-api/rate-limits): here a fixed daily quota.
+    company_concurrency: int = 10
+    daily_quota: int = 100_000
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "fetchOnFirstLink": list(self.fetch_on_first_link),
+            "inProgressStatus": self.in_progress_status,
+            "companyConcurrency": self.company_concurrency,
+            "dailyQuota": self.daily_quota,
+        }
+
+
 class Sandbox:
-    def __init__(self) -> None:
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.started_with = behaviour or Behaviour()
+        self.behaviour = Behaviour(**vars(self.started_with))
         self.companies: dict[str, Company] = {}
         self.calls: list[dict[str, Any]] = []
         self.faults: dict[str, list[Fault]] = {}
         self.chaos = Chaos()
-        # Codat's "Fetch on first link" per data type (off by default here; on for all in Codat):
-        # a connection's first link queues a pull of each of these by itself.
-        self.fetch_on_first_link: tuple[str, ...] = ()
+        # The client's sync settings (GET/POST /profile/syncSettings).
+        self.client_settings = sync_settings(self.behaviour.fetch_on_first_link)
+        self.in_flight: dict[str, int] = {}  # company id -> requests being answered now
+        self.quota_used = 0  # requests today (the sandbox's "day" is its lifetime)
 
     def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(self.started_with)  # type: ignore[misc]
+
+    def set_fetch_on_first_link(self, data_types: tuple[str, ...]) -> None:
+        self.behaviour.fetch_on_first_link = data_types
+        self.client_settings = sync_settings(data_types)
+
+    def settings_of(self, company: Company) -> dict[str, dict[str, Any]]:
+        """A company's sync settings: its own where set, else the client's."""
+        return company.sync_settings if company.sync_settings is not None else self.client_settings
+
+    def fetch_on_first_link(self, company: Company) -> list[str]:
+        return [name for name, setting in self.settings_of(company).items() if setting.get("fetchOnFirstLink")]
+
+    def in_progress(self, company: Company, data_type: str) -> dict[str, Any] | None:
+        """A pull of `data_type` for the company that has not finished (Codat's message names the
+        company, not a connection: "Cannot queue {dataType} sync for {companyId}")."""
+        return next((p for p in company.pulls if p["dataType"] == data_type and not p["isCompleted"]), None)
 
     def add_company(
         self, name: str, description: str | None = None, platform_key: str | None = None, company_id: str | None = None

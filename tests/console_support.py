@@ -56,13 +56,15 @@ class Console:
     def get(self, path: str, **params: str) -> httpx.Response:
         return self._keep(self.http.get(BASE + path, params=params or None, headers=self._headers()))
 
-    def post(self, path: str, data: dict[str, Any] | list[tuple[str, str]]) -> httpx.Response:
+    def post(
+        self, path: str, data: dict[str, Any] | list[tuple[str, str]], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         if isinstance(data, list):  # repeated fields
             fields: dict[str, list[str]] = {}
             for name, value in data:
                 fields.setdefault(name, []).append(value)
             data = fields
-        return self._keep(self.http.post(BASE + path, data=data, headers=self._headers()))
+        return self._keep(self.http.post(BASE + path, data=data, headers=self._headers(headers)))
 
     def login(self, token: str = OPS_TOKEN) -> httpx.Response:
         form = self.get("/login")

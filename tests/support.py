@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"current-test-signing-secret-0001").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"previous-test-signing-secret-002").decode()
 LEGACY_AUTH = "Bearer legacy-rule-webhook-token-7f3a"
-OPS_TOKEN = "ops-test-token-5d1e9a"
+OPS_TOKEN = "ops-test-token-5d1e9a-7c2b40f18e6d93a5"  # at least MIN_OPS_TOKEN_CHARS
 SANDBOX_KEY = "sandbox-test-key-77ab"
 
 
@@ -250,7 +250,14 @@ def _answers(url: str) -> bool:
 def worker_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
     # The periodic reconcile is off unless a test asks for it: it would act on whatever the
     # shared sandbox holds, and every test counts the Codat calls it caused.
-    settings = {"WORKER_JOB_TIMEOUT": "5", "WORKER_RETRY_BASE_SECONDS": "1", "RECONCILE_INTERVAL_SECONDS": "0"}
+    # CODAT_INITIAL_SYNC=request: most tests count the calls the service makes itself on a first
+    # link; tests/test_codat_behaviour.py runs the default (auto) against Codat's default settings.
+    settings = {
+        "WORKER_JOB_TIMEOUT": "5",
+        "WORKER_RETRY_BASE_SECONDS": "1",
+        "RECONCILE_INTERVAL_SECONDS": "0",
+        "CODAT_INITIAL_SYNC": "request",
+    }
     return service_env(redis_url, CODAT_BASE_URL=sandbox_url, CODAT_API_KEY=SANDBOX_KEY, **{**settings, **extra})
 
 

@@ -28,6 +28,6 @@ def test_a_bad_setting_is_refused_in_one_line(name: str, value: str, says: str) 
 
 def test_the_defaults_of_this_round() -> None:
     settings = Settings.from_env(BASE)
-    assert (settings.initial_sync, settings.reconcile_interval_seconds) == ("request", 3600)
+    assert (settings.initial_sync, settings.reconcile_interval_seconds) == ("auto", 3600)
     assert (settings.events_stream, settings.events_maxlen, settings.handlers) == ("codat:lifecycle", 200_000, None)
     assert Settings.from_env({**BASE, "LOG_LEVEL": "WARNING"}).log_level == "warning"

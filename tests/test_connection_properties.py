@@ -72,6 +72,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "history_fault": draw(st.booleans()),
         "batch": draw(st.integers(1, 3)),
         "retry_places": draw(st.lists(st.floats(0, 1), min_size=12, max_size=12)),
+        # Codat's own first pulls (Fetch on first link) still running when the service calls:
+        # its data/all is then DatasetAlreadyInProgressException, which counts as the sync.
+        "pulls_running": draw(st.booleans()),
     }
 
 
@@ -84,6 +87,10 @@ async def run(scenario: dict[str, Any], redis_url: str, sandbox: SandboxControl)
     if scenario["history_fault"]:
         faults.append({"status": 503, "times": 1, "match": "/data/history"})
     sandbox.faults(company, *faults)
+    if scenario["pulls_running"] and final == "Linked":
+        with sandbox.api() as api:
+            for data_type in ("company", "chartOfAccounts", "invoices", "bills", "customers", "suppliers"):
+                api.post(f"/companies/{company}/data/queue/{data_type}").raise_for_status()
     bodies = [body_of(step, company, connection, iso_at(10 * (i - len(history)))) for i, step in enumerate(history)]
     queue: list[tuple[str, int, dict[str, Any]]] = []
     for n, index in enumerate(scenario["deliveries"]):
@@ -98,6 +105,7 @@ async def run(scenario: dict[str, Any], redis_url: str, sandbox: SandboxControl)
         codat_base_url=sandbox.url,
         job_timeout_seconds=5,
         retry_base_seconds=0.0,
+        initial_sync="request",  # the service calls on every first link: what this property counts
     )
     ctx: dict[str, Any] = {"settings": settings_, "redis": Redis.from_url(redis_url)}
     await startup(ctx)
@@ -120,10 +128,12 @@ async def run(scenario: dict[str, Any], redis_url: str, sandbox: SandboxControl)
     finally:
         await shutdown(ctx)
         await ctx["redis"].aclose()
-    syncs = sandbox.calls(company, "/data/all", ok=True)
+    # accepted, or answered "already in progress" (a 400 here: the seeded connection stays Linked)
+    running = scenario["pulls_running"] and final == "Linked"
+    syncs = [c for c in sandbox.calls(company, "/data/all") if c["status"] in ((200, 204, 400) if running else (204,))]
     failed = sandbox.calls(company, "/data/all", ok=False)
     event(f"failed data/all calls: {min(len(failed), 2)}, in-doubt: {'slow' in scenario['faults']}")
-    return {"final": final, "state": state, "syncs": len(syncs), "outcomes": outcomes}
+    return {"final": final, "state": state, "syncs": len(syncs), "outcomes": outcomes, "running": running}
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -144,7 +154,9 @@ def test_any_history_in_any_order_ends_right_with_one_initial_sync(
     if "connected" not in history:
         assert result["syncs"] == 0  # only ever reconnected: not a first link
     elif result["final"] == "Linked":
-        assert result["syncs"] == 1
+        # With Codat's own pulls running, an in-doubt rerun may find them in the pull history
+        # and settle without calling again: those pulls are the first sync.
+        assert result["syncs"] == 1 or (result["running"] and result["syncs"] == 0)
         assert result["state"]["initialSync"] == "requested"
     else:
         assert result["syncs"] <= 1

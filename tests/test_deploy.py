@@ -150,6 +150,13 @@ def test_logql_rules_match_the_prometheus_ones_and_name_real_events() -> None:
         assert used and used <= events, f"{name} keys on events nobody logs: {used - events}"
 
 
+def test_the_daily_quota_alert_reads_codat_s_own_figures() -> None:
+    # a metric alert only (no log line carries the quota): it must read what workers export
+    rule = rules(DEPLOY / "prometheus" / "alerts.yml")["CodatDailyQuotaLow"]
+    assert 'codat_api_quota{figure="remaining"}' in rule["expr"] and 'figure="limit"' in rule["expr"]
+    assert "CodatDailyQuotaLow" in (ROOT / "README.md").read_text()
+
+
 @pytest.mark.parametrize("alert", ALERTS)
 def test_readme_catalogue_names_each_alert(alert: str) -> None:
     assert alert in (ROOT / "README.md").read_text()

@@ -42,7 +42,9 @@ TIME_SCALE = "0.00003"
 
 @pytest.fixture(scope="module")
 def own_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    service = Sandbox(tmp_path_factory.mktemp("sandbox") / "sandbox.log", SANDBOX_TIME_SCALE=TIME_SCALE).start()
+    # Fetch on first link off: these tests are about first links Codat did not pull for.
+    log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
+    service = Sandbox(log, SANDBOX_TIME_SCALE=TIME_SCALE, SANDBOX_FETCH_ON_FIRST_LINK="").start()
     yield service
     service.stop()
 
@@ -180,26 +182,6 @@ def test_a_first_deployment_against_linked_synced_connections_starts_no_sync(
     assert len([c for c in calls if c["path"] == "/companies"]) == 2  # and no call per connection
     assert "codat_reconcile_last_completed_timestamp_seconds " in client.get("/metrics").text
     assert store.xlen("codat:lifecycle") == 0  # a first sight is not a change: nothing is told
-
-
-@pytest.mark.parametrize("fetch_on_first_link", [["invoices", "bills", "customers"], []])
-def test_auto_policy_calls_only_when_codat_did_not_queue_the_first_pulls(
-    fetch_on_first_link: list[str],
-    client: httpx.Client,
-    store: redis.Redis,
-    web: Web,
-    codat: SandboxControl,
-    pool: Workers,
-) -> None:
-    codat.http.put("/_sandbox/fetch-on-first-link", json={"dataTypes": fetch_on_first_link}).raise_for_status()
-    register(codat, f"{web.url}/webhooks/codat")
-    pool.start(1, CODAT_INITIAL_SYNC="auto")
-    company = new_company(codat)
-    connection = link(codat, company)
-    wait_until(lambda: sync_requested(client, connection), what="initial sync settled")
-    wait_until(lambda: idle(store), what="queue drained")
-    assert syncs(codat, company) == (0 if fetch_on_first_link else 1)
-    assert len(codat.calls(company, "/data/history")) == 1  # it looked first
 
 
 def test_off_policy_keeps_state_only(

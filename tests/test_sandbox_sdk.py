@@ -68,6 +68,9 @@ def test_quick_start_through_codats_sdk(codat: Recorded, sandbox: SandboxControl
 
     linked = sandbox.http.post(f"/_sandbox/companies/{company.id}/link").json()  # the SMB finishes Link
     assert linked["id"] == pending.id and linked["status"] == "Linked"
+    # Codat's Fetch on first link (on by default) queued the first pulls itself; a refresh while
+    # they run would be DatasetAlreadyInProgressException (the last test here), so wait them out.
+    wait_until(lambda: all_complete(codat, company.id), what="Codat's own first pulls complete")
 
     assert codat("refresh-company-data", lambda: codat.sdk.refresh_data.all(request={"company_id": company.id})) is None
     pulls = wait_until(lambda: all_complete(codat, company.id), what="the initial pulls complete")
@@ -114,6 +117,8 @@ def test_quick_start_through_codats_sdk(codat: Recorded, sandbox: SandboxControl
 
 
 def test_every_implemented_operation_parses_in_codats_sdk(codat: Recorded, sandbox: SandboxControl) -> None:
+    # Each operation's own answer, not Codat's first pulls (they are the last test's subject).
+    sandbox.http.put("/_sandbox/fetch-on-first-link", json={"dataTypes": []}).raise_for_status()
     sdk = codat.sdk
     companies = [
         codat("create-company", lambda n=n: sdk.companies.create(request={"name": f"Toft stores {n}"}))
@@ -216,3 +221,28 @@ def test_sandbox_errors_parse_as_codats_error_message(codat: Recorded) -> None:
         company = sdk.companies.create(request={"name": "Bank of Dave"})
         sdk.refresh_data.by_data_type(request={"company_id": company.id, "data_type": "invoices"})
     assert nothing_linked.value.status_code == 400
+
+
+@pytest.mark.parametrize("status", [400, 409])
+def test_already_in_progress_parses_as_codats_error_message(
+    codat: Recorded, sandbox: SandboxControl, status: int
+) -> None:
+    # Codat's default: a first link queues the Fetch-on-first-link types itself, and queueing one
+    # of them while it runs is DatasetAlreadyInProgressException (status undocumented: 400 or 409).
+    sandbox.http.put("/_sandbox/fetch-on-first-link", json={"dataTypes": ["invoices", "bills"]}).raise_for_status()
+    sandbox.http.put("/_sandbox/behaviour", json={"inProgressStatus": status}).raise_for_status()
+    sdk = codat.sdk
+    company = sdk.companies.create(request={"name": "Bank of Dave"})
+    sandbox.http.post(f"/_sandbox/companies/{company.id}/link").raise_for_status()
+    expected = f"DatasetAlreadyInProgressException: Cannot queue invoices sync for {company.id}"
+    # 400 is documented for the operation, so the SDK parses Codat's ErrorMessage; a 409 is not,
+    # so it raises its plain SDKError with the body: the service reads the text either way.
+    raised = errors.ErrorMessage if status == 400 else errors.SDKError
+    with pytest.raises(raised) as running:
+        sdk.refresh_data.by_data_type(request={"company_id": company.id, "data_type": "invoices"})
+    assert running.value.status_code == status and expected in str(running.value)
+    with pytest.raises(raised) as all_running:
+        sdk.refresh_data.all(request={"company_id": company.id})
+    assert "DatasetAlreadyInProgressException" in str(all_running.value)
+    pull = sdk.refresh_data.by_data_type(request={"company_id": company.id, "data_type": "customers"})
+    assert pull.data_type == "customers"  # a type Codat is not pulling is queued as before

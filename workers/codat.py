@@ -10,18 +10,33 @@ for four endpoints. Here every failure is sorted into one of three kinds the job
   carried out (a timeout after sending, a 504 from a gateway), so a caller that must not repeat
   it treats the outcome as in doubt.
 - Rejected: any other 4xx. Permanent: no retries.
+
+Two answers are not failures. DatasetAlreadyInProgressException (400 or 409; Codat documents the
+text, not the status: https://docs.codat.io/using-the-api/queueing-data-syncs) means the data type
+is being pulled right now: the queue calls return "in_progress" instead of raising. And before a
+call that names a company, a slot of that company's (service.stores.slots) is taken: Codat allows
+10 concurrent requests per company (https://docs.codat.io/using-the-api/rate-limits), so past
+that the call is not made and CompanyBusy, a RateLimited, defers the job a moment. Every answer's
+X-Rate-Limit-* headers go into gauges, so the daily quota is seen running out.
 """
 
 from __future__ import annotations
 
 import base64
+import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
 
-from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS
+from service.stores.slots import CompanySlots
+from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS, CODAT_QUOTA
+
+IN_PROGRESS = "DatasetAlreadyInProgressException"
+Queued = str  # "queued": Codat queued it now; "in_progress": a pull of it was already running
 
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 
@@ -51,6 +66,18 @@ class Rejected(CodatError):
     pass
 
 
+class CompanyBusy(RateLimited):
+    """The company's calls in flight are at Codat's limit: try again in a moment (jittered, so
+    that waiting jobs do not come back together)."""
+
+    def __init__(self, company_id: str) -> None:
+        super().__init__(f"{company_id}: Codat's concurrent requests per company in use", random.uniform(0.5, 1.5))
+
+
+class _AlreadyInProgress(CodatError):
+    """Raised inside this module only: the queue calls turn it into "in_progress"."""
+
+
 class CodatClient:
     def __init__(
         self,
@@ -58,6 +85,7 @@ class CodatClient:
         api_key: str,
         *,
         before_call: Callable[[], Awaitable[None]] | None = None,
+        slots: CompanySlots | None = None,
         timeout: float = 10.0,
     ) -> None:
         self._http = httpx.AsyncClient(
@@ -67,6 +95,7 @@ class CodatClient:
         )
         # Run before every call: the rate-limit pause raises from here (workers.rate_limit).
         self._before_call = before_call
+        self._slots = slots
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -75,7 +104,7 @@ class CodatClient:
         """The connection as Codat has it now; None if Codat no longer knows it (deleted)."""
         try:
             path = f"/companies/{company_id}/connections/{connection_id}"
-            return (await self._call("get_connection", "GET", path)).json()
+            return (await self._call("get_connection", "GET", path, company_id=company_id)).json()
         except Rejected as exc:
             if exc.status == 404:
                 return None
@@ -94,23 +123,46 @@ class CodatClient:
     async def get_company(self, company_id: str) -> dict[str, Any] | None:
         """The company with its `dataConnections`; None if Codat does not know it."""
         try:
-            return (await self._call("get_company", "GET", f"/companies/{company_id}")).json()
+            path = f"/companies/{company_id}"
+            return (await self._call("get_company", "GET", path, company_id=company_id)).json()
         except Rejected as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def refresh_all(self, company_id: str) -> None:
-        await self._call("refresh_all", "POST", f"/companies/{company_id}/data/all")
+    async def refresh_all(self, company_id: str) -> Queued:
+        try:
+            await self._call("refresh_all", "POST", f"/companies/{company_id}/data/all", company_id=company_id)
+        except _AlreadyInProgress:
+            return "in_progress"
+        return "queued"
 
-    async def refresh_data_type(self, company_id: str, connection_id: str, data_type: str) -> dict[str, Any]:
-        response = await self._call(
-            "refresh_data_type",
-            "POST",
-            f"/companies/{company_id}/data/queue/{data_type}",
-            params={"connectionId": connection_id},
-        )
-        return response.json()
+    async def refresh_data_type(self, company_id: str, connection_id: str, data_type: str) -> Queued:
+        try:
+            await self._call(
+                "refresh_data_type",
+                "POST",
+                f"/companies/{company_id}/data/queue/{data_type}",
+                params={"connectionId": connection_id},
+                company_id=company_id,
+            )
+        except _AlreadyInProgress:
+            return "in_progress"
+        return "queued"
+
+    async def sync_settings(self, company_id: str | None) -> list[dict[str, Any]] | None:
+        """The company's sync settings (`SyncSetting`s), or the client's with `company_id` None;
+        None when Codat has none to give (a 404, or an empty list)."""
+        path = f"/companies/{company_id}/syncSettings" if company_id else "/profile/syncSettings"
+        try:
+            response = await self._call("sync_settings", "GET", path, company_id=company_id)
+        except Rejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body = response.json()
+        settings = body.get("settings") if isinstance(body, dict) else None
+        return [s for s in settings if isinstance(s, dict)] or None if isinstance(settings, list) else None
 
     async def pull_history(self, company_id: str, page_size: int = 200) -> list[dict[str, Any]]:
         """The company's most recent pull operations, newest first."""
@@ -119,15 +171,45 @@ class CodatClient:
             "GET",
             f"/companies/{company_id}/data/history",
             params={"page": 1, "pageSize": page_size, "orderBy": "-requested"},
+            company_id=company_id,
         )
         results = response.json().get("results")
         return results if isinstance(results, list) else []
 
     async def _call(
-        self, operation: str, method: str, path: str, params: dict[str, Any] | None = None
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        company_id: str | None = None,
     ) -> httpx.Response:
         if self._before_call is not None:
             await self._before_call()
+        token = uuid.uuid4().hex
+        if company_id and self._slots is not None and not await self._slots.take(company_id, token):
+            CODAT_CALLS.labels(operation, "company_busy").inc()
+            raise CompanyBusy(company_id)
+        try:
+            response = await self._request(operation, method, path, params)
+        finally:
+            if company_id and self._slots is not None:
+                await self._slots.give_back(company_id, token)
+        _record_quota(response.headers)
+        status = response.status_code
+        if status < 400:
+            return response
+        where = f"{method} {path}"
+        detail = f"{where}: HTTP {status} {response.text[:200]}"
+        if status == 429:
+            raise RateLimited(detail, _retry_after(response.headers.get("retry-after")))
+        if status >= 500:
+            raise Unavailable(detail, status)
+        if status in (400, 409) and IN_PROGRESS in response.text:
+            raise _AlreadyInProgress(detail, status)
+        raise Rejected(detail, status)
+
+    async def _request(self, operation: str, method: str, path: str, params: dict[str, Any] | None) -> httpx.Response:
         started = time.perf_counter()
         where = f"{method} {path}"
         try:
@@ -140,16 +222,23 @@ class CodatClient:
             raise Unavailable(f"{where}: {type(exc).__name__}") from exc
         finally:
             CODAT_CALL_SECONDS.labels(operation).observe(time.perf_counter() - started)
-        status = response.status_code
-        CODAT_CALLS.labels(operation, str(status)).inc()
-        if status < 400:
-            return response
-        detail = f"{where}: HTTP {status} {response.text[:200]}"
-        if status == 429:
-            raise RateLimited(detail, _retry_after(response.headers.get("retry-after")))
-        if status >= 500:
-            raise Unavailable(detail, status)
-        raise Rejected(detail, status)
+        CODAT_CALLS.labels(operation, str(response.status_code)).inc()
+        return response
+
+
+def _record_quota(headers: httpx.Headers) -> None:
+    """X-Rate-Limit-Limit / -Remaining / -Reset (https://docs.codat.io/using-the-api/rate-limits,
+    "Rate limit headers"): the client's daily quota as Codat counts it."""
+    for name, label in (("x-rate-limit-limit", "limit"), ("x-rate-limit-remaining", "remaining")):
+        value = headers.get(name)
+        if value is not None and value.strip().isdigit():
+            CODAT_QUOTA.labels(label).set(int(value))
+    reset = headers.get("x-rate-limit-reset")
+    if reset:
+        try:
+            CODAT_QUOTA.labels("reset_timestamp_seconds").set(datetime.fromisoformat(reset).timestamp())
+        except ValueError:
+            pass  # a date Codat writes otherwise: the two counts are what alerting reads
 
 
 def _retry_after(value: str | None) -> float:

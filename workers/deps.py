@@ -7,18 +7,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from service.core.config import Settings
+from service.stores.companies import CompanyRefreshes
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.history import HistoryStore
+from service.stores.keys import QUEUE_NAME
 from service.stores.outbox import Outbox
 from service.stores.rate_limit import RateLimits
 from service.stores.reconcile import ReconcileStore
+from service.stores.replication import Replication
+from service.stores.slots import CompanySlots
 from service.stores.syncs import SyncStore
 from workers.codat import CodatClient
 from workers.rate_limit import RateLimitGate
+from workers.sync_settings import FetchOnFirstLink
+
+# Codat: "10 concurrent requests per ACC" (https://docs.codat.io/using-the-api/rate-limits).
+CODAT_CALLS_PER_COMPANY = 10
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,12 @@ class Deps:
     rate_limits: RateLimits
     reconciles: ReconcileStore
     history: HistoryStore
+    companies: CompanyRefreshes
     codat: CodatClient
+    # Which data types Codat queues by itself on a first link (workers.initial_sync).
+    fetch_on_first_link: FetchOnFirstLink
+    # arq's client on the same connections, for the jobs a job schedules.
+    queue: ArqRedis
     # The initial-sync claim's lease: arq runs a job killed with its worker again once its
     # in-progress key expires, after the job timeout + 10 s; the claim is leased exactly as long.
     lease_ms: int
@@ -44,17 +59,34 @@ class Deps:
     def build(cls, settings: Settings, redis: Redis) -> Deps:
         outbox = Outbox(settings.events_stream, settings.events_maxlen)
         rate_limits = RateLimits(redis, outbox)
+        call_timeout = 10.0
+        # a slot outlives the longest call it can guard, and no more: a crash gives it back soon
+        slots = CompanySlots(redis, CODAT_CALLS_PER_COMPANY, lease_ms=int((call_timeout + 5) * 1000))
+        codat = CodatClient(
+            settings.codat_base_url,
+            settings.codat_api_key or "",
+            before_call=RateLimitGate(rate_limits),
+            slots=slots,
+            timeout=call_timeout,
+        )
+        queue = ArqRedis(
+            connection_pool=redis.connection_pool,
+            job_serializer=orjson.dumps,
+            job_deserializer=orjson.loads,
+            default_queue_name=QUEUE_NAME,
+        )
         return cls(
             settings=settings,
-            connections=ConnectionStore(redis, outbox),
+            connections=ConnectionStore(redis, outbox, Replication.of(settings)),
             syncs=SyncStore(redis, outbox),
-            dead_letters=DeadLetters(redis),
+            dead_letters=DeadLetters(redis, settings.credentials()),  # masked before written
             rate_limits=rate_limits,
             reconciles=ReconcileStore(redis),
             history=HistoryStore(redis),
-            codat=CodatClient(
-                settings.codat_base_url, settings.codat_api_key or "", before_call=RateLimitGate(rate_limits)
-            ),
+            companies=CompanyRefreshes(redis),
+            codat=codat,
+            fetch_on_first_link=FetchOnFirstLink(codat),
+            queue=queue,
             lease_ms=(settings.job_timeout_seconds + 10) * 1000,
             call_budget_seconds=settings.job_timeout_seconds - 2,
         )

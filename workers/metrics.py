@@ -28,6 +28,12 @@ RECONCILE_INTERVAL = Gauge(
     "codat_reconcile_interval_seconds", "RECONCILE_INTERVAL_SECONDS: how often a reconcile runs; 0 = never."
 )
 RECONCILE_RUNS = Counter("codat_reconcile_runs", "Reconcile runs by outcome (completed, failed).", ["outcome"])
+CODAT_QUOTA = Gauge(
+    "codat_api_quota",
+    "Codat's X-Rate-Limit-* figures on its last answer: limit and remaining (requests this day), "
+    "reset_timestamp_seconds (when the quota resets).",
+    ["figure"],
+)
 CONNECTION_STATUSES = Counter("codat_connection_status_changes", "Connections moved to a status.", ["status"])
 
 

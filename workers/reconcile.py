@@ -37,8 +37,8 @@ from redis.exceptions import RedisError
 from service.core.clock import iso, now_ms, parse_time_ms
 from service.core.events import STATUSES
 from workers.codat import RateLimited, Rejected, Unavailable
-from workers.connection_events import request_initial_sync, requested_since
 from workers.deps import Deps, deps_of
+from workers.initial_sync import request_initial_sync, requested_since
 from workers.jobs import backoff_seconds
 from workers.metrics import RECONCILE_DRIFT, RECONCILE_RUNS
 from workers.rate_limit import Paused

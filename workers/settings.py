@@ -16,10 +16,11 @@ from arq import cron, func
 from arq.worker import get_kwargs
 
 from service.core.config import Settings
-from service.stores.keys import ARQ_MAX_TRIES, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME
+from service.stores.keys import ARQ_MAX_TRIES, CHECK_INITIAL_PULLS, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME
 from workers import metrics
 from workers.deps import Deps, deps_of
 from workers.handlers import RUN_HANDLER, Dispatcher, by_name, load, run_handler
+from workers.initial_sync import check_initial_pulls
 from workers.jobs import process_event
 from workers.reconcile import RECONCILE_PAGE, reconcile_page, reconcile_tick
 from workers.redis_settings import redis_settings
@@ -59,6 +60,7 @@ class WorkerSettings:
     functions = [
         func(process_event, name=PROCESS_EVENT, keep_result=0),
         func(reconcile_page, name=RECONCILE_PAGE),
+        func(check_initial_pulls, name=CHECK_INITIAL_PULLS, keep_result=3600),
         # kept an hour: the handler dispatcher relies on arq refusing a job id it still holds
         func(run_handler, name=RUN_HANDLER, keep_result=3600),
     ]

@@ -15,7 +15,9 @@ MIN_SECRET_BYTES = 16
 INITIAL_SYNC_POLICIES = ("request", "auto", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 PLACEHOLDER = "REPLACE_ME"
+MIN_OPS_TOKEN_CHARS = 32  # /ops and the console: README, "Guessing the token"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+MAX_REPLICA_TIMEOUT_MS = 1500  # below the Redis clients' 2 s read timeout (service.stores.client)
 
 
 class ConfigError(Exception):
@@ -39,12 +41,17 @@ class Settings:
     worker_metrics_port: int = 0
     shutdown_wait_seconds: int = 30
     retry_base_seconds: float = 2.0
-    initial_sync: str = "request"  # request | auto | off (workers.connection_events)
+    initial_sync: str = "auto"  # auto | request | off (workers.initial_sync)
+    initial_pulls_check_seconds: int = 300  # auto: when to check Codat's own first pulls started
     reconcile_interval_seconds: int = 3600  # 0: never (workers.reconcile)
     events_stream: str = "codat:lifecycle"  # the lifecycle events' Redis Stream
     events_maxlen: int = 200_000  # its bound (XADD MAXLEN ~)
     handlers: str | None = None  # CODAT_HANDLERS: a module of lifecycle-event handlers (workers.handlers)
     handler_max_tries: int = 8  # then a failing handler call becomes a dead letter
+    # A 2xx (and a first-sync claim) waits until this many replicas hold the write (WAIT);
+    # 0: the primary's answer is enough (service.stores.replication).
+    redis_min_replicas: int = 0
+    redis_replica_timeout_ms: int = 1000  # then 503 + Retry-After: under the client's 2 s read timeout
     log_level: str = "info"
     log_format: str = "json"
     port: int = 8000
@@ -95,7 +102,13 @@ class Settings:
             # deploy/kubernetes/config.yaml ships placeholders: never start on one
             if PLACEHOLDER in env.get(name, ""):
                 raise ConfigError(f"{name} is still the placeholder from deploy/: set the real value")
-        initial_sync = env.get("CODAT_INITIAL_SYNC", "request").strip().lower() or "request"
+        if 0 < len(env.get("OPS_TOKEN", "")) < MIN_OPS_TOKEN_CHARS:
+            # The token is the only lock on /ops and the console: never echo it, only its length.
+            raise ConfigError(
+                f"OPS_TOKEN is {len(env['OPS_TOKEN'])} characters: give at least {MIN_OPS_TOKEN_CHARS} random ones "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        initial_sync = env.get("CODAT_INITIAL_SYNC", "auto").strip().lower() or "auto"
         if initial_sync not in INITIAL_SYNC_POLICIES:
             raise ConfigError(f"CODAT_INITIAL_SYNC must be request, auto or off, not {initial_sync!r}")
         return cls(
@@ -113,11 +126,14 @@ class Settings:
             shutdown_wait_seconds=_int(env, "WORKER_SHUTDOWN_WAIT", 30, minimum=1),
             retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
             initial_sync=initial_sync,
+            initial_pulls_check_seconds=_int(env, "CODAT_INITIAL_PULLS_CHECK_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", 3600, minimum=0),
             events_stream=env.get("CODAT_EVENTS_STREAM", "").strip() or "codat:lifecycle",
             events_maxlen=_int(env, "CODAT_EVENTS_MAXLEN", 200_000, minimum=1000),
             handlers=env.get("CODAT_HANDLERS", "").strip() or None,
             handler_max_tries=_int(env, "CODAT_HANDLER_MAX_TRIES", 8, minimum=1),
+            redis_min_replicas=_int(env, "REDIS_MIN_REPLICAS", 0, minimum=0),
+            redis_replica_timeout_ms=_replica_timeout(env),
             log_level=log_level,
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),
@@ -145,6 +161,15 @@ def _cookie_secure(env: Mapping[str, str]) -> bool:
     if given:
         raise ConfigError(f"OPS_COOKIE_SECURE must be 1 or 0, not {given!r}")
     return env.get("HOST", "").strip().lower() not in LOOPBACK_HOSTS
+
+
+def _replica_timeout(env: Mapping[str, str]) -> int:
+    value = _int(env, "REDIS_REPLICA_TIMEOUT_MS", 1000, minimum=1)
+    if value > MAX_REPLICA_TIMEOUT_MS:
+        # WAIT holds the connection that long: past the client's read timeout it would look
+        # like a dead Redis, not like a slow replica.
+        raise ConfigError(f"REDIS_REPLICA_TIMEOUT_MS must be at most {MAX_REPLICA_TIMEOUT_MS}, not {value}")
+    return value
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -7,11 +7,14 @@ reaches stdout without passing it.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -36,21 +39,85 @@ SENSITIVE_KEYS = frozenset(
 )
 
 
+# Very short values would mask ordinary words; real secrets are long.
+MIN_MASKED_CHARS = 8
+# A cut-off credential at the end of a text (Codat's error bodies are kept to 200 characters)
+# still gives away its first characters: a tail this long that begins a credential is masked.
+MIN_MASKED_TAIL = 4
+# Whatever follows an HTTP auth scheme is a credential, known to this process or not (an API that
+# echoes the request's Authorization header, a legacy sender's token).
+_AUTH_SCHEME = re.compile(r"(?i)\b(basic|bearer)(\s+|%20|\+)[A-Za-z0-9+/=._~%-]{4,}")
+
+
+def credential_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Each secret and the encodings it travels in: a webhook secret without its whsec_ prefix,
+    base64 (standard and URL-safe, padded or not, of the value alone and as a Basic header's
+    `user:` pair) and percent-encoding. Longest first, so that a form inside a longer one is never
+    masked piecemeal."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if not secret or len(secret) < MIN_MASKED_CHARS:
+            continue
+        forms.update((secret, quote(secret, safe="")))
+        if secret.startswith("whsec_") and len(secret) - 6 >= MIN_MASKED_CHARS:
+            forms.add(secret.removeprefix("whsec_"))  # a signing secret's key, without its prefix
+        for raw in (secret.encode(), f"{secret}:".encode()):
+            for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+                forms.update((encoded, encoded.rstrip("=")))
+    return tuple(sorted(forms, key=lambda form: (-len(form), form)))
+
+
+class Masker:
+    """Masks credentials in text, and in every string inside a JSON-like value.
+
+    One instance per process, built from Settings.credentials(): the log pipeline, the dead
+    letters (before a letter is written, and again as it is read) and every /ops answer and
+    console page use it, so what one masks the others mask too."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.forms = credential_forms(secrets)
+
+    def text(self, value: str) -> str:
+        for form in self.forms:
+            if form in value:
+                value = value.replace(form, REDACTED)
+        value = _AUTH_SCHEME.sub(lambda match: f"{match.group(1)} {REDACTED}", value)
+        return self._cut_tail(value)
+
+    def _cut_tail(self, value: str) -> str:
+        for form in self.forms:
+            start = max(0, len(value) - len(form) + 1)
+            at = value.find(form[:MIN_MASKED_TAIL], start)
+            while at != -1:  # rarely more than one pass: a credential's first characters, near the end
+                if form.startswith(value[at:]):
+                    return value[:at] + REDACTED
+                at = value.find(form[:MIN_MASKED_TAIL], at + 1)
+        return value
+
+    def value(self, value: Any) -> Any:
+        """A copy of a JSON-like value (dicts, lists, strings, scalars) with every string masked,
+        keys included."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(k) if isinstance(k, str) else k: self.value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(item) for item in value]
+        return value
+
+
 class Redact:
     """Masks sensitive keys, and any configured secret wherever it appears inside a string."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Very short values would mask ordinary words; real secrets are long.
-        self._secrets = tuple(s for s in secrets if s and len(s) >= 8)
+        self._masker = Masker(secrets)
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         for key in SENSITIVE_KEYS.intersection(event_dict):
             event_dict[key] = REDACTED
         for key, value in event_dict.items():
             if isinstance(value, str):
-                for secret in self._secrets:
-                    if secret in value:
-                        event_dict[key] = value = value.replace(secret, REDACTED)
+                event_dict[key] = self._masker.text(value)
         return event_dict
 
 

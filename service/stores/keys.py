@@ -25,6 +25,8 @@ QUEUE_WAKE = QUEUE_NAME + ":wake"
 # the dedup record's horizon, so workers that are down for a day lose nothing (arq's default
 # would drop a job not started within 24 hours).
 PROCESS_EVENT = "process_event"
+# The check, minutes after a first link, that the pulls Codat queues by itself did start.
+CHECK_INITIAL_PULLS = "check_initial_pulls"
 JOB_TTL_MS = DEDUP_TTL_SECONDS * 1000
 # Tries of any kind (crashes, deferrals, retries) before a job becomes a dead letter. arq's own
 # max_tries is one higher, so that the job's policy (workers.jobs), not arq, has the last word.
@@ -82,6 +84,21 @@ def connection_history(connection_id: str) -> str:
     return f"codat:history:{connection_id}"
 
 
+def company_calls(company_id: str) -> str:
+    """The company's Codat calls in flight (service.stores.slots)."""
+    return f"codat:company:{company_id}:calls"
+
+
+def company_refreshed_all(company_id: str) -> str:
+    """The connections a `data/all` of this service covered (workers.initial_sync)."""
+    return f"codat:company:{company_id}:refreshed-all"
+
+
+def company_refresh_lock(company_id: str) -> str:
+    """One `data/all` at a time per company (workers.initial_sync)."""
+    return f"codat:company:{company_id}:refresh-lock"
+
+
 def delivery_trace(message_id: str) -> str:
     return f"codat:trace:{message_id}"
 
@@ -97,6 +114,10 @@ def job_key(job_id: str) -> str:
 
 def event_job_id(message_id: str) -> str:
     return f"event:{message_id}"
+
+
+def initial_pulls_check_job_id(connection_id: str) -> str:
+    return f"initial-pulls:{connection_id}"
 
 
 def replay_job_id(letter_id: str) -> str:
@@ -120,3 +141,29 @@ def serialize_job(args: list[Any], enqueue_time_ms: int, function: str = PROCESS
         return orjson.dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
     except orjson.JSONEncodeError as exc:
         raise Unqueueable("too_deep" if "recursion" in str(exc).lower() else "not_serialisable") from None
+
+
+# --- issue 20: the ops surface (service.stores.deadletters, service.stores.sessions) ---------------
+# The dead letters' indexes, written and removed in the same transaction as the letters: by webhook
+# id, one sorted set in lexical order (score 0, member "<webhook id>\0<letter id>"), so that an id
+# or its unique prefix finds every letter of a delivery; by company, a sorted set per company
+# (letter id, scored by its failure time).
+DEAD_LETTERS_BY_WEBHOOK = "codat:dead-letters:by-webhook"
+# Set once the letters written before the indexes existed were indexed (DeadLetters.index_existing).
+DEAD_LETTERS_INDEXED = "codat:dead-letters:indexed"
+
+
+def dead_letters_of_company(company_id: str) -> str:
+    return f"codat:dead-letters:company:{company_id}"
+
+
+def revoked_session(nonce: str) -> str:
+    """A console session ended by its logout: kept until the session would have run out anyway."""
+    return f"codat:ops:revoked-session:{nonce}"
+
+
+# --- issue 21: acknowledged means replicated (service.stores.intake, service.stores.replication) ---
+# INCRed by an intake batch that found a duplicate while replicas must confirm: WAIT covers what
+# the calling connection wrote, and a duplicate writes nothing, so without this write a 200 could
+# go out while the original (written by another connection) is still on the primary alone.
+REPLICATION_BARRIER = "codat:intake:barrier"

@@ -8,20 +8,25 @@ from contextlib import asynccontextmanager
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.core import logs
 from service.core.config import Settings
+from service.core.logs import Masker
 from service.stores.client import connect
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.intake import Intake
 from service.stores.lifecycle import LifecycleStream
 from service.stores.reconcile import ReconcileStore
+from service.stores.replication import Replication
 from service.stores.syncs import SyncStore
 from service.web.console import console_routes
+from service.web.guessing import WrongGuesses
+from service.web.headers import SecurityHeaders
 from service.web.metrics import metrics_endpoint
 from service.web.ops import ops_routes
 from service.web.verification import Verifier
@@ -37,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         legacy_authorization=settings.webhook_auth,
         tolerance_seconds=settings.tolerance_seconds,
     )
-    webhooks = WebhookEndpoint(verifier, Intake(redis))
+    webhooks = WebhookEndpoint(verifier, Intake(redis, Replication.of(settings)))
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -64,13 +69,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint(redis)),
     ]
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
+        guesses = WrongGuesses()  # one pace for wrong tokens, bearer and console login alike
         routes += ops_routes(
             settings.ops_token,
             ConnectionStore(redis),
-            DeadLetters(redis),
+            DeadLetters(redis, settings.credentials()),
             SyncStore(redis),
             ReconcileStore(redis),
             LifecycleStream(redis, settings.events_stream),
+            guesses=guesses,
+            mask=Masker(settings.credentials()),
         )
-        routes += console_routes(settings, redis)  # the ops console, under /ops/console/
-    return Starlette(routes=routes, lifespan=lifespan)
+        routes += console_routes(settings, redis, guesses)  # the ops console, under /ops/console/
+    # Every /ops answer, whichever route (or none) gave it: no-store, nosniff, CSP, ...
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])

@@ -1,23 +1,38 @@
 """/ops: what operators ask the service. Mounted only when OPS_TOKEN is set (README, "The contract"), and
-every request must carry `Authorization: Bearer $OPS_TOKEN`."""
+every request must carry `Authorization: Bearer $OPS_TOKEN`.
+
+Every route goes through one guard (`guarded`), so none can differ from the others in how it
+refuses a wrong token (compared in constant time, answered at the pace of service.web.guessing),
+in how it answers while Redis is away (503 with Retry-After, a JSON body, no traceback), or in
+masking: every answer passes through the credential masker before it is written out, whatever a
+stored record holds. The headers (no-store, nosniff, ...) come from service.web.headers."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core.clock import iso
+from service.core.logs import Masker
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.lifecycle import LifecycleStream
 from service.stores.reconcile import ReconcileStore
 from service.stores.syncs import SyncStore
+from service.web.guessing import WrongGuesses
 
 log = structlog.get_logger("service.ops")
+
+RETRY_AFTER_SECONDS = 5  # while Redis is away
+Answer = tuple[Any, int]  # JSON content, status
+Handler = Callable[[Request], Awaitable[Answer]]
 
 
 def ops_routes(
@@ -27,75 +42,81 @@ def ops_routes(
     syncs: SyncStore,
     reconciles: ReconcileStore,
     lifecycle: LifecycleStream,
+    *,
+    guesses: WrongGuesses,
+    mask: Masker,
 ) -> list[Route]:
     expected = f"Bearer {token}".encode()
 
-    def refused(request: Request) -> JSONResponse | None:
-        given = request.headers.get("authorization", "").encode("latin-1")
-        if hmac.compare_digest(given, expected):
-            return None
-        log.warning("ops.unauthorized", path=request.url.path)
-        return JSONResponse({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+    def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            given = request.headers.get("authorization", "").encode("latin-1")
+            if not hmac.compare_digest(given, expected):
+                log.warning("ops.unauthorized", path=request.url.path)
+                await guesses.wait_turn()
+                return JSONResponse({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+            try:
+                content, status = await handler(request)
+            except (RedisError, OSError) as exc:
+                log.warning("ops.redis_unavailable", path=request.url.path, error=type(exc).__name__)
+                return JSONResponse(
+                    {"error": "redis unavailable", "redis": type(exc).__name__},
+                    503,
+                    {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            return JSONResponse(mask.value(content), status)
 
-    async def connection(request: Request) -> JSONResponse:
-        if denial := refused(request):
-            return denial
+        return endpoint
+
+    def limit_of(request: Request) -> int | None:
+        limit = request.query_params.get("limit", "100")
+        return int(limit) if limit.isdigit() and 1 <= int(limit) <= 1000 else None
+
+    async def connection(request: Request) -> Answer:
         state = await connections.get(request.path_params["connection_id"])
         if state is None:
-            return JSONResponse({"error": "unknown connection"}, 404)
-        return JSONResponse(state)
+            return {"error": "unknown connection"}, 404
+        return state, 200
 
-    async def company_syncs(request: Request) -> JSONResponse:
-        if denial := refused(request):
-            return denial
+    async def company_syncs(request: Request) -> Answer:
         company_id = request.path_params["company_id"]
-        return JSONResponse({"companyId": company_id, "dataTypes": await syncs.get(company_id)})
+        return {"companyId": company_id, "dataTypes": await syncs.get(company_id)}, 200
 
-    async def list_dead_letters(request: Request) -> JSONResponse:
-        if denial := refused(request):
-            return denial
-        limit = request.query_params.get("limit", "100")
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            return JSONResponse({"error": "limit must be 1..1000"}, 400)
-        letters = await dead_letters.list(int(limit))
-        return JSONResponse({"count": await dead_letters.count(), "deadLetters": letters})
+    async def list_dead_letters(request: Request) -> Answer:
+        if (limit := limit_of(request)) is None:
+            return {"error": "limit must be 1..1000"}, 400
+        letters = await dead_letters.list(limit)
+        return {"count": await dead_letters.count(), "deadLetters": letters}, 200
 
-    async def replay(request: Request) -> JSONResponse:
-        if denial := refused(request):
-            return denial
+    async def replay(request: Request) -> Answer:
         letter_id = request.path_params["letter_id"]
         job_id = await dead_letters.replay(letter_id)
         if job_id is None:
-            return JSONResponse({"error": "no such dead letter"}, 404)
+            return {"error": "no such dead letter"}, 404
         log.info("dead_letter.replayed", dead_letter_id=letter_id, job_id=job_id)
-        return JSONResponse({"replayed": letter_id, "jobId": job_id}, 202)
+        return {"replayed": letter_id, "jobId": job_id}, 202
 
-    async def events(request: Request) -> JSONResponse:
-        if denial := refused(request):
-            return denial
-        limit = request.query_params.get("limit", "100")
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            return JSONResponse({"error": "limit must be 1..1000"}, 400)
+    async def events(request: Request) -> Answer:
+        if (limit := limit_of(request)) is None:
+            return {"error": "limit must be 1..1000"}, 400
         found = await lifecycle.recent(
-            int(limit), kind=request.query_params.get("type"), company_id=request.query_params.get("company")
+            limit, kind=request.query_params.get("type"), company_id=request.query_params.get("company")
         )
-        return JSONResponse({"events": found})
+        return {"events": found}, 200
 
-    async def reconcile(request: Request) -> JSONResponse:
-        if denial := refused(request):
-            return denial
+    async def reconcile(request: Request) -> Answer:
         last, running = await reconciles.last(), await reconciles.current()
         for run in (last, running):  # epoch ms inside, ISO 8601 outside
             for name in ("startedAt", "finishedAt"):
                 if run and isinstance(run.get(name), int):
                     run[name] = iso(run[name])
-        return JSONResponse({"last": last, "running": running})
+        return {"last": last, "running": running}, 200
 
     return [
-        Route("/ops/reconcile", reconcile, methods=["GET"]),
-        Route("/ops/events", events, methods=["GET"]),
-        Route("/ops/connections/{connection_id}", connection, methods=["GET"]),
-        Route("/ops/companies/{company_id}/syncs", company_syncs, methods=["GET"]),
-        Route("/ops/dead-letters", list_dead_letters, methods=["GET"]),
-        Route("/ops/dead-letters/{letter_id}/replay", replay, methods=["POST"]),
+        Route("/ops/reconcile", guarded(reconcile), methods=["GET"]),
+        Route("/ops/events", guarded(events), methods=["GET"]),
+        Route("/ops/connections/{connection_id}", guarded(connection), methods=["GET"]),
+        Route("/ops/companies/{company_id}/syncs", guarded(company_syncs), methods=["GET"]),
+        Route("/ops/dead-letters", guarded(list_dead_letters), methods=["GET"]),
+        Route("/ops/dead-letters/{letter_id}/replay", guarded(replay), methods=["POST"]),
     ]

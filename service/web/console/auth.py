@@ -1,10 +1,12 @@
 """The console's access: OPS_TOKEN opens a session, kept in a signed cookie; every form that
 changes something carries a CSRF token bound to that session.
 
-Nothing is stored server-side, so every web replica accepts the session of any other (they
+The session lives in the cookie, so every web replica accepts the session of any other (they
 share OPS_TOKEN) and a restart logs nobody out. The cookie holds no secret: it is
 `v1.<issued ms>.<nonce>.<HMAC>` under a key derived from OPS_TOKEN, valid for SESSION_SECONDS.
-Changing OPS_TOKEN ends every session at once. Logging out clears the cookie in that browser.
+Changing OPS_TOKEN ends every session at once. Logging out ends the session on the server: its
+nonce is written to Redis (service.stores.sessions) until the session would have run out, so a
+copy of the cookie taken before the logout opens nothing after it.
 
 - Session cookie: HttpOnly, SameSite=Strict, Path=/ops/console, Secure unless in dev mode
   (Settings.ops_cookie_secure).
@@ -58,6 +60,17 @@ class Access:
             return False
         age = (time.time() if now is None else now) - int(issued) / 1000
         return -60 <= age <= SESSION_SECONDS
+
+    @staticmethod
+    def nonce_of(cookie: str) -> str:
+        """The session's own id (a valid cookie's third part)."""
+        return cookie.split(".")[2]
+
+    @staticmethod
+    def remaining_ms(cookie: str, now: float | None = None) -> int:
+        """How long a valid session cookie has left to run."""
+        issued = int(cookie.split(".")[1])
+        return issued + SESSION_SECONDS * 1000 - int((time.time() if now is None else now) * 1000)
 
     def csrf_token(self, session: str) -> str:
         return self._mac("csrf", session)

@@ -2,8 +2,9 @@
 a template; none writes anything but a dead letter's replay, behind a session and a CSRF token.
 
 Every value shown comes from Codat or a webhook and is untrusted text: templates autoescape it,
-and known credentials are masked from every value rendered. Redis away: the page says so (503),
-never a 500."""
+known credentials are masked from every value rendered (service.core.logs.Masker), links carry
+ids as one escaped path segment, and the stylesheet wraps long values and isolates their
+direction. Redis away: the page says so (503), never a 500. Lists say what they leave out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import jinja2
 import orjson
@@ -26,14 +27,15 @@ from starlette.templating import Jinja2Templates
 
 from service.core.clock import iso, now_ms
 from service.core.config import Settings
-from service.core.logs import REDACTED
-from service.stores import activity
+from service.core.logs import Masker
+from service.stores import activity, keys
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.history import HistoryStore
 from service.stores.lifecycle import LifecycleStream
 from service.stores.rate_limit import RateLimits
 from service.stores.reconcile import ReconcileStore
+from service.stores.sessions import RevokedSessions
 from service.stores.syncs import SyncStore
 from service.web.console import chart, explain
 from service.web.console.auth import (
@@ -44,6 +46,7 @@ from service.web.console.auth import (
     SESSION_SECONDS,
     Access,
 )
+from service.web.guessing import WrongGuesses
 
 log = structlog.get_logger("service.console")
 
@@ -52,6 +55,13 @@ BASE = COOKIE_PATH
 MAX_FORM_BYTES = 256 * 1024
 LETTERS_SHOWN = 1000  # dead letters read per page (newest first); the count says how many there are
 COMPANIES_SHOWN = 50
+CONNECTIONS_PER_PAGE = 20  # a company's connections, each with its history table, a page at a time
+COMPANY_LETTERS_SHOWN = 100  # a company's newest dead letters; the page says how many it has
+DELIVERY_LETTERS_SHOWN = 100
+MIN_PREFIX = 6  # shortest webhook id prefix looked up (the console log prints 8 characters)
+PREFIX_MATCHES = 10
+PREFIX_SCAN_COUNT = 1000
+PREFIX_SCAN_CALLS = 50  # so at most ~50,000 keys looked at for one prefix lookup
 REFRESH_SECONDS = 10
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -120,17 +130,35 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+def _page_number(value: str | None) -> int:
+    return int(value) if value and value.isdigit() and 0 < int(value) < 1_000_000 else 1
+
+
+def glob_literal(text: str) -> str:
+    """`text` inside a Redis MATCH pattern, its glob characters taken literally."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def segment(value: Any) -> str:
+    """A value as one URL path segment: `/` escaped too, so an id cannot add segments."""
+    return quote(str(value), safe="")
+
+
+def company_href(company_id: Any) -> str:
+    """The company page's link. An id that would be a dot segment ("." or "..", which a browser
+    resolves away, escaped or not) goes in the query string instead."""
+    if str(company_id).strip(".") == "":
+        return f"{BASE}/company?{urlencode({'id': str(company_id)})}"
+    return f"{BASE}/companies/{segment(company_id)}"
+
+
 def environment(secrets: list[str]) -> jinja2.Environment:
-    masked = tuple(s for s in secrets if s and len(s) >= 8)
+    masker = Masker(secrets)
 
     def finalize(value: Any) -> Any:
         # Applied to every {{ value }} before it is escaped: no credential the process holds is
         # ever written into a page, whatever a Codat error or an event happened to echo.
-        if isinstance(value, str):
-            for secret in masked:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-        return value
+        return masker.text(value) if isinstance(value, str) else value
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -147,8 +175,9 @@ def environment(secrets: list[str]) -> jinja2.Environment:
         pretty=lambda value: orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(),
         explain=explain.outcome,
         qs=lambda params: urlencode({k: v for k, v in params.items() if v}),
+        segment=segment,
     )
-    env.globals.update(base=BASE, refresh_seconds=REFRESH_SECONDS)
+    env.globals.update(base=BASE, refresh_seconds=REFRESH_SECONDS, company_href=company_href)
     return env
 
 
@@ -159,15 +188,30 @@ def safe_next(value: str | None) -> str:
     return BASE + "/"
 
 
+def same_origin(request: Request) -> bool:
+    """Defence in depth behind the CSRF token: a POST whose Origin (or, without one, Referer)
+    names another host is refused. Compared by host and port only: behind a TLS-terminating
+    proxy the scheme the browser used is not the one this process sees. Neither header: allowed
+    (some clients send none), the CSRF token still decides."""
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin != "null" and urlsplit(origin).netloc == host
+    referer = request.headers.get("referer")
+    return referer is None or urlsplit(referer).netloc == host
+
+
 class Console:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: Redis, guesses: WrongGuesses | None = None) -> None:
         assert settings.ops_token, "the console exists only with OPS_TOKEN"
         self.access = Access(settings.ops_token, secure=settings.ops_cookie_secure)
+        self.guesses = guesses or WrongGuesses()
+        self.revoked = RevokedSessions(redis)
         self.redis = redis
         self.history = HistoryStore(redis)
         self.connections = ConnectionStore(redis)
         self.syncs = SyncStore(redis)
-        self.letters = DeadLetters(redis)
+        self.letters = DeadLetters(redis, settings.credentials())
         self.reconciles = ReconcileStore(redis)
         self.rate_limits = RateLimits(redis)
         self.lifecycle = LifecycleStream(redis, settings.events_stream)
@@ -186,14 +230,23 @@ class Console:
     def refused(self, request: Request, why: str, status: int = 403) -> Response:
         return self.render(request, "refused.html", {"why": why}, status)
 
+    async def session_open(self, session: str | None) -> bool:
+        """Signed, not run out, and not ended by a logout (the last asks Redis)."""
+        if not session or not self.access.session_valid(session):
+            return False
+        return not await self.revoked.revoked(self.access.nonce_of(session))
+
     def page(self, handler: Handler, *, public: bool = False) -> Handler:
-        """Session (and, for a POST, its CSRF token) first; Redis away: a 503 page, not a 500."""
+        """Origin, session (and, for a POST, its CSRF token) first; Redis away: a 503 page, not a 500."""
 
         async def endpoint(request: Request) -> Response:
             try:
+                if request.method == "POST" and not same_origin(request):
+                    log.warning("ops.unauthorized", path=request.url.path, reason="origin")
+                    return self.refused(request, "This form was posted from another site: nothing was done.")
                 if not public:
                     session = request.cookies.get(SESSION_COOKIE)
-                    if not self.access.session_valid(session):
+                    if not await self.session_open(session):
                         if request.method == "GET":
                             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                             return RedirectResponse(f"{BASE}/login?{urlencode({'next': target})}", 303)
@@ -201,7 +254,7 @@ class Console:
                         return self.refused(request, "You are not logged in (or the session ran out).", 401)
                     if request.method == "POST":
                         form = await read_form(request)
-                        if not self.access.csrf_valid(session, form.get("csrf")):
+                        if not self.access.csrf_valid(session, form.get("csrf")):  # session: checked above
                             log.warning("ops.unauthorized", path=request.url.path, reason="csrf")
                             return self.refused(
                                 request, "This form's CSRF token is missing or wrong: nothing was done."
@@ -224,6 +277,7 @@ class Console:
             Route("/logout", page(self.logout), methods=["POST"]),
             Route("/companies", page(self.companies), methods=["GET"]),
             Route("/companies/{company_id:path}", page(self.company), methods=["GET"]),
+            Route("/company", page(self.company), methods=["GET"]),  # ?id=, for ids a path cannot carry
             Route("/deliveries", page(self.delivery), methods=["GET"]),
             Route("/dead-letters", page(self.dead_letters), methods=["GET"]),
             Route("/dead-letters/replay", page(self.confirm_replay_all), methods=["GET"]),
@@ -237,7 +291,8 @@ class Console:
 
     async def login_form(self, request: Request, error: str = "", status: int = 200) -> Response:
         target = safe_next(request.query_params.get("next"))
-        if error == "" and self.access.session_valid(request.cookies.get(SESSION_COOKIE)):
+        session = request.cookies.get(SESSION_COOKIE)
+        if error == "" and session and self.access.session_valid(session) and await self.session_open(session):
             return RedirectResponse(target, 303)
         nonce = request.cookies.get(LOGIN_COOKIE) or self.access.new_login_nonce()
         response = self.render(
@@ -256,7 +311,7 @@ class Console:
             return self.refused(request, "The login form expired or did not come from this console: reload it.")
         if not self.access.token_matches(form.get("token")):
             log.warning("ops.unauthorized", path=request.url.path, reason="bad_token")
-            await asyncio.sleep(0.25)  # a little friction for guessing; OPS_TOKEN must be long anyway
+            await self.guesses.wait_turn()  # shared with the bearer routes: service.web.guessing
             return await self.login_form(request, error="That is not the ops token.", status=401)
         log.info("ops.console_login")
         response = RedirectResponse(safe_next(form.get("next")), 303)
@@ -266,6 +321,10 @@ class Console:
         return response
 
     async def logout(self, request: Request) -> Response:
+        # Ended on the server, not only in this browser: a copy of the cookie opens nothing now.
+        session = request.cookies[SESSION_COOKIE]  # page() let only a valid session through
+        await self.revoked.revoke(self.access.nonce_of(session), self.access.remaining_ms(session))
+        log.info("ops.console_logout")
         response = RedirectResponse(f"{BASE}/login", 303)
         response.headers.append("set-cookie", self.access.cookie(SESSION_COOKIE, "", 0))
         return response
@@ -307,17 +366,19 @@ class Console:
         return self.render(request, "companies.html", context)
 
     async def company(self, request: Request) -> Response:
-        company_id = request.path_params["company_id"]
+        company_id = request.path_params.get("company_id") or request.query_params.get("id", "")
+        page = _page_number(request.query_params.get("page"))
         name = await self.history.company_name(company_id)
-        connection_ids = await self.history.connections_of(company_id)
+        all_ids = await self.history.connections_of(company_id)
+        pages = max(1, -(-len(all_ids) // CONNECTIONS_PER_PAGE))
+        page = min(page, pages)
+        # One page of connections, each with its history: a company with 500 connections costs
+        # what one with 20 does, and the page says how many there are.
+        connection_ids = all_ids[(page - 1) * CONNECTIONS_PER_PAGE : page * CONNECTIONS_PER_PAGE]
         states = {s["connectionId"]: s for s in await self._states(connection_ids)}
         histories = await asyncio.gather(*(self.history.connection_history(c) for c in connection_ids))
         syncs = await self.syncs.get(company_id)
-        letters = [
-            letter
-            for letter in await self.letters.list(LETTERS_SHOWN)
-            if (letter.get("event") or {}).get("company_id") == company_id
-        ]
+        letters, letters_total = await self.letters.for_company(company_id, COMPANY_LETTERS_SHOWN)
         lifecycle = await self.lifecycle.recent(20, company_id=company_id)
         connections = []
         for connection_id, history in zip(connection_ids, histories, strict=True):
@@ -335,14 +396,20 @@ class Console:
                     "history": history,
                 }
             )
-        known = bool(name or connection_ids or syncs or letters)
+        known = bool(name or all_ids or syncs or letters_total)
         context = {
             "nav": "companies",
             "company_id": company_id,
+            "self_href": company_href(company_id),
             "name": name,
             "connections": connections,
+            "connections_total": len(all_ids),
+            "page": page,
+            "pages": pages,
+            "first_shown": (page - 1) * CONNECTIONS_PER_PAGE + 1,
             "syncs": dict(sorted(syncs.items())),
             "letters": letters,
+            "letters_total": letters_total,
             "lifecycle": lifecycle,
             "known": known,
         }
@@ -351,17 +418,15 @@ class Console:
     # --- one delivery -------------------------------------------------------------------------
 
     async def delivery(self, request: Request) -> Response:
-        webhook_id = request.query_params.get("id", "").strip()
-        context: dict[str, Any] = {"nav": "deliveries", "webhook_id": webhook_id, "trace": None}
-        if not webhook_id:
+        given = request.query_params.get("id", "").strip()
+        context: dict[str, Any] = {"nav": "deliveries", "webhook_id": given, "given": given, "trace": None}
+        if not given:
             return self.render(request, "delivery.html", context)
+        webhook_id, candidates, partial = await self._resolve_webhook(given)
+        context.update(webhook_id=webhook_id, candidates=candidates, partial=partial)
         trace = await self.history.delivery(webhook_id)
         flight = await activity.delivery_in_flight(self.redis, webhook_id)
-        letters = [
-            letter
-            for letter in await self.letters.list(LETTERS_SHOWN)
-            if (letter.get("event") or {}).get("message_id") == webhook_id
-        ]
+        letters = await self.letters.for_webhook(webhook_id, DELIVERY_LETTERS_SHOWN)
         changes: list[dict[str, Any]] = []
         connection_state = None
         if trace and trace.get("connectionId"):
@@ -378,6 +443,37 @@ class Console:
             known=known,
         )
         return self.render(request, "delivery.html", context, 200 if known else 404)
+
+    async def _resolve_webhook(self, given: str) -> tuple[str, list[str], bool]:
+        """The webhook id `given` names: itself when the service knows it, else the one id it is
+        a unique prefix of (the console log prints ids cut to 8 characters). Also the ids it is
+        a prefix of, when there are several, and whether the search stopped before the end.
+
+        Dead letters are found through their index (a lexical range, no scan); delivery traces
+        by a SCAN of their keys, bounded to PREFIX_SCAN_CALLS calls: on a Redis with millions of
+        keys the page says when it did not look everywhere."""
+        if await self.redis.exists(keys.delivery_trace(given), keys.seen(given)):
+            return given, [], False
+        if len(given) < MIN_PREFIX:
+            return given, [], False
+        found = await self.letters.webhook_ids(given, PREFIX_MATCHES)
+        name = keys.delivery_trace("")
+        cursor, calls = 0, 0
+        while len(found) < PREFIX_MATCHES and calls < PREFIX_SCAN_CALLS:
+            cursor, names = await self.redis.scan(
+                cursor, match=name + glob_literal(given) + "*", count=PREFIX_SCAN_COUNT
+            )
+            calls += 1
+            for key in names:
+                webhook_id = key.decode().removeprefix(name)
+                if webhook_id not in found:
+                    found.append(webhook_id)
+            if cursor == 0:
+                break
+        partial = cursor != 0
+        if len(found) == 1 and not partial:
+            return found[0], [], False
+        return given, found[:PREFIX_MATCHES], partial
 
     # --- dead letters -------------------------------------------------------------------------
 

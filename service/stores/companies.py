@@ -1,0 +1,58 @@
+"""What this service asked of Codat for a whole company: `data/all` is company-wide (it queues
+the Fetch-on-first-link types on every linked connection of the company), so one call covers
+every connection that was Linked when it was made, and one at a time per company is enough.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from service.stores.keys import company_connections, company_refresh_lock, company_refreshed_all
+from service.stores.keys import connection as connection_key
+
+# How long a data/all is remembered as covering its connections: long past any delivery delay
+# of the events of connections that linked together (Codat retries for ~28 hours).
+COVERED_TTL_SECONDS = 3 * 24 * 3600
+
+# KEYS[1]: the company's connections (a set). ARGV[1]: the connection key prefix.
+# Returns the ids of those whose reconciled status is Linked.
+_LINKED = """
+local linked = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('HGET', ARGV[1] .. id, 'status') == 'Linked' then linked[#linked + 1] = id end
+end
+return linked
+"""
+
+# KEYS[1]: the lock. ARGV[1]: the owner. Deletes it only if the owner still holds it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CompanyRefreshes:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._linked = redis.register_script(_LINKED)
+        self._unlock = redis.register_script(_UNLOCK)
+
+    async def covered(self, company_id: str, connection_id: str) -> bool:
+        return bool(await self._redis.sismember(company_refreshed_all(company_id), connection_id))
+
+    async def lock(self, company_id: str, owner: str, lease_ms: int) -> bool:
+        return bool(await self._redis.set(company_refresh_lock(company_id), owner, nx=True, px=lease_ms))
+
+    async def unlock(self, company_id: str, owner: str) -> None:
+        await self._unlock(keys=[company_refresh_lock(company_id)], args=[owner])
+
+    async def linked_connections(self, company_id: str) -> set[str]:
+        found = await self._linked(keys=[company_connections(company_id)], args=[connection_key("")])
+        return {c.decode() if isinstance(c, bytes) else str(c) for c in found}
+
+    async def record_covered(self, company_id: str, connection_ids: set[str]) -> None:
+        key = company_refreshed_all(company_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, *connection_ids)
+            pipe.expire(key, COVERED_TTL_SECONDS)
+            await pipe.execute()

@@ -1,0 +1,211 @@
+"""A connection's initial sync, as Codat behaves: requested once per first link, under the claim
+kept in service.stores.connections, for what Codat will not pull by itself.
+
+What Codat documents, and what this module does about it:
+- Fetch on first link is on by default: when a connection links, Codat itself queues a pull of
+  every data type whose `fetchOnFirstLink` is true in the company's sync settings
+  (https://docs.codat.io/core-concepts/data-type-settings). `auto` (CODAT_INITIAL_SYNC) reads
+  those settings (the company's, falling back to the client's, cached) and requests only the
+  configured types Codat will not fetch; a job minutes later (`check_initial_pulls`) reads the
+  pull history and requests what Codat was expected to start and did not.
+- Queueing a type already being pulled answers DatasetAlreadyInProgressException
+  (https://docs.codat.io/using-the-api/queueing-data-syncs): the type is being pulled now, so it
+  counts as requested (`sync.initial_found_in_progress`), never as a failure.
+- `data/all` is company-wide: it queues the Fetch-on-first-link types on every linked connection
+  of the company. One at a time per company (a leased lock), and each records the connections
+  it covered, so connections of one company that link together cost one call.
+- `request` calls on every first link as configured; `off` keeps state only.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from arq import Retry
+from redis.exceptions import RedisError
+
+from service.core.clock import parse_time_ms
+from service.stores.connections import ConnectionStore
+from service.stores.keys import CHECK_INITIAL_PULLS, initial_pulls_check_job_id
+from workers.codat import CodatClient, CompanyBusy, Queued, RateLimited, Rejected, Unavailable
+from workers.deps import Deps, deps_of
+from workers.rate_limit import Paused
+
+log = structlog.get_logger(__name__)
+
+# When the pulls were requested must be read against this service's own clock: allow for skew.
+CLOCK_SKEW_MS = 60_000
+
+
+async def request_initial_sync(deps: Deps, company_id: str, connection_id: str, owner: str) -> str:
+    """`owner`: the job id, whose reruns find their own claim."""
+    store, codat = deps.connections, deps.codat
+    policy = deps.settings.initial_sync
+    if policy == "off":
+        log.info("sync.initial_skipped", reason="policy_off")
+        return "initial_sync_off"
+    claim = await store.claim_initial_sync(connection_id, owner, deps.lease_ms)
+    if claim in ("done", "busy", "not_linked", "not_first_linked"):
+        log.info("sync.initial_skipped", reason=claim)
+        return f"initial_sync_{claim}"
+    configured = deps.settings.sync_data_types  # empty: data/all
+    # What Codat queues by itself on this first link, and so is left to it (auto only).
+    by_codat: frozenset[str] = frozenset()
+    if policy == "auto":
+        fetched = await deps.fetch_on_first_link.of(company_id)
+        by_codat = fetched & set(configured) if configured else fetched
+    wanted = [t for t in configured if t not in by_codat]
+    call_all = not configured and policy == "request"
+    requested: set[str] = set()
+    if claim in ("in_doubt", "orphaned"):
+        # A call of ours may have gone through since the claim: look before calling again.
+        requested = await requested_since(codat, company_id, connection_id, await store.claimed_at(connection_id))
+        log.info("sync.initial_in_doubt", already_requested=sorted(requested))
+        if requested and all(t in requested for t in wanted):
+            return await _settle(store, connection_id, owner, recovered=True)
+        if claim == "orphaned":
+            return await _resolve_orphan(store, connection_id, owner, requested)
+    pending = [t for t in wanted if t not in requested]
+    answers: dict[str, Queued] = {}
+    try:
+        if call_all:
+            answers["all"] = await refresh_company(deps, company_id, connection_id)
+        for data_type in pending:
+            answers[data_type] = await codat.refresh_data_type(company_id, connection_id, data_type)
+    except (RateLimited, Rejected, Paused):
+        # Codat said no before anything was requested, and nothing was found requested before
+        # (a fresh claim, or an in-doubt one whose history showed nothing): the next try starts
+        # clean. Anything already requested keeps the claim, and the next try looks first.
+        if not answers and not requested:
+            await store.release_initial_sync(connection_id, owner)
+        raise
+    running = sorted(t for t, answer in answers.items() if answer == "in_progress")
+    if running:
+        log.info("sync.initial_found_in_progress", data_types=running)
+    mode = "data_types" if configured else "all"
+    if by_codat:
+        await _schedule_check(deps, company_id, connection_id, sorted(by_codat), mode)
+    return await _settle(
+        store,
+        connection_id,
+        owner,
+        recovered=claim == "in_doubt",
+        mode=mode,
+        data_types=pending or None,
+        codat_queues=sorted(by_codat) or None,
+        by_codat=bool(by_codat) and not answers,
+    )
+
+
+async def refresh_company(deps: Deps, company_id: str, connection_id: str) -> Queued | str:
+    """`data/all` for the company, unless one of ours already covered this connection ("covered").
+    One at a time per company: another job's call in flight defers this one a moment, and its
+    rerun finds itself covered if it was Linked (here) when that call was made."""
+    companies = deps.companies
+    if await companies.covered(company_id, connection_id):
+        return "covered"
+    owner = uuid.uuid4().hex
+    if not await companies.lock(company_id, owner, deps.lease_ms):
+        raise CompanyBusy(company_id)
+    try:
+        if await companies.covered(company_id, connection_id):
+            return "covered"
+        # Taken before the call: a connection Linked here now is linked at Codat already (its
+        # event came after the fact), so this call covers it.
+        linked = await companies.linked_connections(company_id)
+        answer = await deps.codat.refresh_all(company_id)
+        await companies.record_covered(company_id, {*linked, connection_id})
+        return answer
+    finally:
+        await companies.unlock(company_id, owner)
+
+
+async def _schedule_check(deps: Deps, company_id: str, connection_id: str, data_types: list[str], mode: str) -> None:
+    since = await deps.connections.first_link_at(connection_id)
+    await deps.queue.enqueue_job(
+        CHECK_INITIAL_PULLS,
+        company_id,
+        connection_id,
+        data_types,
+        since,
+        mode,
+        _job_id=initial_pulls_check_job_id(connection_id),
+        _defer_by=deps.settings.initial_pulls_check_seconds,
+    )
+
+
+async def check_initial_pulls(
+    ctx: dict[str, Any], company_id: str, connection_id: str, data_types: list[str], since_ms: int | None, mode: str
+) -> str:
+    """Did the pulls Codat was expected to queue on this first link start? Those it did not
+    are requested now (a rerun reads the history again first, so nothing is asked twice)."""
+    deps = deps_of(ctx)
+    structlog.contextvars.bind_contextvars(company_id=company_id, connection_id=connection_id)
+    try:
+        started = await requested_since(deps.codat, company_id, connection_id, since_ms)
+        missing = [t for t in data_types if t not in started]
+        if not missing:
+            log.info("sync.initial_codat_pulls_started", data_types=data_types)
+            return "started"
+        log.warning("sync.initial_codat_pulls_missing", data_types=missing)
+        if mode == "all":
+            answer = await refresh_company(deps, company_id, connection_id)
+            answers = dict.fromkeys(missing, "queued" if answer == "queued" else "in_progress")
+        else:
+            answers = {t: await deps.codat.refresh_data_type(company_id, connection_id, t) for t in missing}
+    except (Paused, RateLimited, Unavailable, RedisError, TimeoutError) as exc:
+        delay = exc.until_ms / 1000 - time.time() if isinstance(exc, Paused) else getattr(exc, "retry_after", 30.0)
+        log.warning("sync.initial_check_deferred", reason=type(exc).__name__, retry_in_seconds=round(delay, 3))
+        raise Retry(defer=max(0.5, delay)) from None
+    except Rejected as exc:
+        log.error("sync.initial_check_failed", status=exc.status, error=str(exc))
+        return "rejected"
+    log.info("sync.initial_requested_after_check", data_types=sorted(answers), answers=answers)
+    return "requested"
+
+
+async def _resolve_orphan(store: ConnectionStore, connection_id: str, owner: str, requested: set[str]) -> str:
+    """A claim whose call may or may not have happened, on a connection that is not Linked now.
+    Nothing was requested: release it, so that a relink claims afresh. Some data types were:
+    keep it (leased), so that the relink looks first and requests only the rest."""
+    if requested:
+        log.info("sync.initial_claim_kept", already_requested=sorted(requested))
+        return "initial_sync_partly_requested"
+    await store.release_initial_sync(connection_id, owner)
+    log.info("sync.initial_claim_released", reason="not_linked")
+    return "initial_sync_released"
+
+
+async def requested_since(codat: CodatClient, company_id: str, connection_id: str, since_ms: int | None) -> set[str]:
+    """Data types Codat has pulls for, on this connection, requested since `since_ms`."""
+    since = (since_ms or 0) - CLOCK_SKEW_MS
+    found = set()
+    try:
+        pulls = await codat.pull_history(company_id)
+    except Rejected as exc:
+        if exc.status != 404:
+            raise
+        pulls = []  # Codat no longer knows the company (deleted): nothing of it is pending
+    for pull in pulls:
+        requested = parse_time_ms(pull.get("requested"))
+        if pull.get("connectionId") == connection_id and requested is not None and requested >= since:
+            found.add(str(pull.get("dataType")))
+    return found
+
+
+async def _settle(store: ConnectionStore, connection_id: str, owner: str, **fields: Any) -> str:
+    details = {
+        "mode": fields.get("mode"),
+        "dataTypes": fields.get("data_types"),
+        "recovered": bool(fields.get("recovered")),
+        "requestedBy": "codat" if fields.pop("by_codat", False) else "service",
+    }
+    if not await store.settle_initial_sync(connection_id, owner, **details):
+        # Only if this job outlived its lease (job timeout > lease): another owner took over.
+        log.error("sync.initial_claim_lost")
+        return "initial_sync_claim_lost"
+    log.info("sync.initial_requested", **fields)
+    return "initial_sync_requested"
