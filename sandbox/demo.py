@@ -3,7 +3,8 @@
 Add a company, link it to the Sandbox, synchronise its data, the way the seeds' "Step 2: Connect"
 does against Codat. Here the peer is the local sandbox, and the service runs for real: Valkey,
 web and worker from the Procfile. It passes (exit 0) only once the worker has requested the
-initial sync and the read-completed event that followed has been recorded.
+initial sync, the read-completed event that followed has been recorded, and no dead letter was
+left, on Codat's default settings (the sandbox's: Fetch on first link on).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def walkthrough(env: dict[str, str]) -> bool:
     synced = _wait(lambda: _all_complete(web, company_id), "the read-completed event to be recorded")
     kinds = sorted({outcome["eventType"] for outcome in synced.values()})
     print(f"4. {', '.join(kinds)} recorded: " + ", ".join(f"{t} {o['status']}" for t, o in sorted(synced.items())))
+    # On Codat's default settings (Fetch on first link on) nothing may have failed on the way.
+    letters = web.get("/ops/dead-letters").json()
+    assert letters["count"] == 0, f"dead letters: {letters['deadLetters']}"
+    print("5. no dead letter")
     return True
 
 

@@ -19,6 +19,7 @@ What Codat documents, and what this module does about it:
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -145,26 +146,43 @@ async def check_initial_pulls(
     deps = deps_of(ctx)
     structlog.contextvars.bind_contextvars(company_id=company_id, connection_id=connection_id)
     try:
-        started = await requested_since(deps.codat, company_id, connection_id, since_ms)
-        missing = [t for t in data_types if t not in started]
-        if not missing:
-            log.info("sync.initial_codat_pulls_started", data_types=data_types)
-            return "started"
-        log.warning("sync.initial_codat_pulls_missing", data_types=missing)
-        if mode == "all":
-            answer = await refresh_company(deps, company_id, connection_id)
-            answers = dict.fromkeys(missing, "queued" if answer == "queued" else "in_progress")
-        else:
-            answers = {t: await deps.codat.refresh_data_type(company_id, connection_id, t) for t in missing}
+        # inside arq's job timeout, so that a hung call is this job's retry, not arq's failure
+        async with asyncio.timeout(deps.call_budget_seconds):
+            answers = await _check(deps, company_id, connection_id, data_types, since_ms, mode)
     except (Paused, RateLimited, Unavailable, RedisError, TimeoutError) as exc:
-        delay = exc.until_ms / 1000 - time.time() if isinstance(exc, Paused) else getattr(exc, "retry_after", 30.0)
+        delay = exc.until_ms / 1000 - time.time() if isinstance(exc, Paused) else getattr(exc, "retry_after", 5.0)
         log.warning("sync.initial_check_deferred", reason=type(exc).__name__, retry_in_seconds=round(delay, 3))
         raise Retry(defer=max(0.5, delay)) from None
     except Rejected as exc:
         log.error("sync.initial_check_failed", status=exc.status, error=str(exc))
         return "rejected"
+    if answers is None:
+        return "done"
     log.info("sync.initial_requested_after_check", data_types=sorted(answers), answers=answers)
     return "requested"
+
+
+async def _check(
+    deps: Deps, company_id: str, connection_id: str, data_types: list[str], since_ms: int | None, mode: str
+) -> dict[str, str] | None:
+    """What had to be requested, and Codat's answer to each; None if nothing had to be."""
+    current = await deps.connections.get(connection_id)
+    if current is None or current.get("status") != "Linked":
+        # Unlinked or gone since: no pull can be asked; a relink is not a first link.
+        log.info("sync.initial_check_skipped", reason="not_linked", status=current and current.get("status"))
+        return None
+    started = await requested_since(deps.codat, company_id, connection_id, since_ms)
+    missing = [t for t in data_types if t not in started]
+    if not missing:
+        log.info("sync.initial_codat_pulls_started", data_types=data_types)
+        return None
+    log.warning("sync.initial_codat_pulls_missing", data_types=missing)
+    if mode == "all":
+        answer = await refresh_company(deps, company_id, connection_id)
+        answers = dict.fromkeys(missing, "queued" if answer == "queued" else "in_progress")
+    else:
+        answers = {t: await deps.codat.refresh_data_type(company_id, connection_id, t) for t in missing}
+    return answers
 
 
 async def _resolve_orphan(store: ConnectionStore, connection_id: str, owner: str, requested: set[str]) -> str:

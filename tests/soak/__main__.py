@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Valkey stays down")
     parser.add_argument("--concurrency", type=int, default=8, help="deliveries in flight")
     parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--fetch-on-first-link", type=float, default=0.5, help="fraction of first links Codat pulls for itself"
+    )
+    parser.add_argument("--initial-sync", choices=("auto", "request"), default="auto", help="CODAT_INITIAL_SYNC")
     parser.add_argument("--work-dir", type=Path, default=None, help="logs and data (a temporary directory)")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             drain_timeout=args.drain_timeout,
             work_dir=work_dir,
+            fetch_on_first_link=args.fetch_on_first_link,
+            initial_sync=args.initial_sync,
         )
         result = run_soak(config)
         print(details(result), flush=True)

@@ -101,8 +101,17 @@ def _ok(call: dict[str, Any]) -> bool:
     return call["status"] is not None and call["status"] < 400
 
 
-def compare(all_histories: list[History], truths: list[Truth], observed: Observed) -> Verdict:
-    syncs: Counter[str] = Counter()
+def compare(
+    all_histories: list[History],
+    truths: list[Truth],
+    observed: Observed,
+    fetched: set[str] | None = None,
+    left_to_codat: bool = False,
+) -> Verdict:
+    """`fetched`: companies whose first pulls Codat queued itself (Fetch on first link): each of
+    those is one sync already, and a data/all accepted on top of it is a duplicated pull. A call
+    answered DatasetAlreadyInProgressException queued nothing and counts for nothing."""
+    syncs: Counter[str] = Counter(fetched or ())
     sync_at: dict[str, float] = {}
     for call in observed.calls:
         if call["method"] == "POST" and call["path"].endswith("/data/all") and _ok(call):
@@ -129,7 +138,10 @@ def compare(all_histories: list[History], truths: list[Truth], observed: Observe
         # one connection.linked per first link, one sync.initial_requested per sync, nothing more
         linked = told[(history.connection_id, "connection.linked")]
         requested = told[(history.connection_id, "sync.initial_requested")]
-        if linked != int(truth.first_linked) or requested != min(count, 1):
+        # Left to Codat (auto): told once the first link is seen Linked, whether or not it stayed
+        # Linked long enough for a pull; otherwise told exactly when a pull was asked for.
+        told_right = requested == min(count, 1) or (left_to_codat and requested == 1 and truth.first_linked)
+        if linked != int(truth.first_linked) or not told_right:
             found["lifecycle events off"].append(history.connection_id)
         if state is not None and state.get("initialSync") == "claimed":
             found["unsettled claims"].append(history.connection_id)  # still held once everything is done

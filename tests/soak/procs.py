@@ -127,7 +127,7 @@ def _wait_http(url: str, proc: Proc, timeout: float = 60) -> None:
 
 
 class Stack:
-    def __init__(self, work_dir: Path, workers: int, job_timeout: int = 5) -> None:
+    def __init__(self, work_dir: Path, workers: int, job_timeout: int = 5, initial_sync: str = "auto") -> None:
         self.work_dir = work_dir
         valkey_port = free_port()
         self.valkey = ValkeyServer(port=valkey_port, data_dir=work_dir / "valkey", appendonly="yes")
@@ -138,7 +138,13 @@ class Stack:
         self.sandbox = Proc(
             "sandbox",
             ["-m", "sandbox", "--port", self.sandbox_url.rsplit(":", 1)[1]],
-            {**os.environ, "SANDBOX_API_KEY": API_KEY, "SANDBOX_WEBHOOK_SECRET": SECRET},
+            # Codat's first pulls run ~20 s (5 statuses x 4 s): the service's calls meet them running.
+            {
+                **os.environ,
+                "SANDBOX_API_KEY": API_KEY,
+                "SANDBOX_WEBHOOK_SECRET": SECRET,
+                "SANDBOX_PULL_STEP_SECONDS": "4",
+            },
             work_dir,
         )
         self.web = Proc(
@@ -156,8 +162,9 @@ class Stack:
             # The sandbox holds each connection's final status from the start, not as the
             # history unfolds: a reconcile would act on what has not happened yet.
             RECONCILE_INTERVAL_SECONDS="0",
-            # The soak counts the data/all calls the service makes per company (tests/soak/check.py).
-            CODAT_INITIAL_SYNC="request",
+            # auto: leave Codat's own first pulls to it, check 2 s later that they started.
+            CODAT_INITIAL_SYNC=initial_sync,
+            CODAT_INITIAL_PULLS_CHECK_SECONDS="2",
         )
         self.workers: list[Proc] = []
         for _ in range(workers):

@@ -5,6 +5,7 @@ worker is killed and Valkey restarted, wait for the queue to drain, then judge."
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import shutil
 import tempfile
@@ -17,8 +18,11 @@ import httpx
 from tests.soak.check import LogScan, Verdict, compare, observe, scan_logs, wait_drained
 from tests.soak.generator import Delivery, History, Mix, delivery_plan, histories
 from tests.soak.model import Truth, truth_of
-from tests.soak.procs import SECRET, Stack
+from tests.soak.procs import API_KEY, SECRET, Stack
 from tests.soak.sender import Sender, Sent
+
+# Codat's default Fetch-on-first-link types (sandbox/state.py), queued by Codat on a first link.
+FETCHED_ON_FIRST_LINK = ("company", "chartOfAccounts", "invoices", "bills", "customers", "suppliers")
 
 KILL_AT, REDIS_AT = 0.35, 0.6  # fractions of the deliveries sent
 MARKER = ".soak"
@@ -37,6 +41,11 @@ class SoakConfig:
     drain_timeout: float = 300.0
     job_timeout: int = 5
     work_dir: Path | None = None  # logs and Valkey's data; a fresh temporary directory if None
+    # Codat's Fetch on first link: for this fraction of the connections that first link (and stay
+    # Linked), Codat's own first pulls are queued as the run starts and run for ~20 s; the service
+    # runs CODAT_INITIAL_SYNC=initial_sync (auto: leave those to Codat and check they started).
+    fetch_on_first_link: float = 0.5
+    initial_sync: str = "auto"
     mix: Mix = field(default_factory=Mix)
 
 
@@ -63,9 +72,17 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _seed_sandbox(url: str, all_histories: list[History], truths: list[Truth], config: SoakConfig) -> None:
-    """Codat's state as of now, the end of every history: a deleted connection is gone (404)."""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as sandbox:
+async def _seed_sandbox(url: str, all_histories: list[History], truths: list[Truth], config: SoakConfig) -> set[str]:
+    """Codat's state as of now, the end of every history: a deleted connection is gone (404).
+    Returns the companies whose first pulls Codat queued itself (Fetch on first link)."""
+    rng = random.Random(f"fetch-on-first-link-{config.seed}")
+    fetched = {
+        h.company_id
+        for h, t in zip(all_histories, truths, strict=True)
+        if t.first_linked and t.final_status == "Linked" and rng.random() < config.fetch_on_first_link
+    }
+    auth = {"Authorization": "Basic " + base64.b64encode(API_KEY.encode()).decode()}
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as sandbox:
         (await sandbox.post("/_sandbox/reset")).raise_for_status()
         slots = asyncio.Semaphore(16)
 
@@ -75,6 +92,10 @@ async def _seed_sandbox(url: str, all_histories: list[History], truths: list[Tru
             async with slots:
                 path = f"/_sandbox/companies/{history.company_id}/connections/{history.connection_id}"
                 (await sandbox.put(path, json={"status": truth.final_status})).raise_for_status()
+                if history.company_id in fetched:
+                    company = f"/companies/{history.company_id}"
+                    for data_type in FETCHED_ON_FIRST_LINK:
+                        (await sandbox.post(f"{company}/data/queue/{data_type}")).raise_for_status()
 
         await asyncio.gather(*(seed(h, t) for h, t in zip(all_histories, truths, strict=True)))
         chaos = {
@@ -85,6 +106,7 @@ async def _seed_sandbox(url: str, all_histories: list[History], truths: list[Tru
             "delay": config.job_timeout + 3,
         }
         (await sandbox.put("/_sandbox/chaos", json=chaos)).raise_for_status()
+    return fetched
 
 
 async def _workers_up(stack: Stack, within: float = 20) -> None:
@@ -110,7 +132,7 @@ async def _faults(stack: Stack, config: SoakConfig, kill_at: asyncio.Event, redi
 async def _run(
     config: SoakConfig, stack: Stack, all_histories: list[History], truths: list[Truth], steps: list[list[Delivery]]
 ) -> tuple[Sent, float | None, dict[str, float | None], Verdict]:
-    await _seed_sandbox(stack.sandbox_url, all_histories, truths, config)
+    fetched = await _seed_sandbox(stack.sandbox_url, all_histories, truths, config)
     stop = asyncio.Event()
     supervisor = asyncio.create_task(stack.supervise(stop))
     await _workers_up(stack)
@@ -131,7 +153,7 @@ async def _run(
     observed = await observe(stack, all_histories)
     stop.set()
     await supervisor
-    verdict = compare(all_histories, truths, observed)
+    verdict = compare(all_histories, truths, observed, fetched, left_to_codat=config.initial_sync == "auto")
     latencies = []
     for number, history in enumerate(all_histories):
         connected = next((e for e in history.events if e.event_type == "connection.connected"), None)
@@ -162,7 +184,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
     all_histories = histories(config.connections, rng, config.mix)
     truths = [truth_of(h) for h in all_histories]
     steps = delivery_plan(all_histories, rng, config.mix)
-    stack = Stack(work_dir, config.workers, config.job_timeout)
+    stack = Stack(work_dir, config.workers, config.job_timeout, config.initial_sync)
     try:
         stack.start()
         sent, drain, figures, verdict = asyncio.run(_run(config, stack, all_histories, truths, steps))
