@@ -35,7 +35,7 @@ $(TEST_STAMP): pyproject.toml $(TEST_LOCK) | $(BIN)/python
 	@touch $@ $(RUN_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/codat-webhooks dev
+	@$(BIN)/codat-webhooks dev || { status=$$?; [ $$status -eq 130 ] || exit $$status; }
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -59,6 +59,13 @@ bench: $(STAMP)
 # The chaos soak (tests/soak): ~10,000 deliveries per seed against web, 2 workers, Valkey and a failing Codat.
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --connections 1500 --seeds 1,2,3
+
+# Failover with a live Sentinel setup (tests/failover): primary killed, primary cut off from the
+# sentinels, replicas behind, each with REDIS_MIN_REPLICAS 0 and 1, several rounds (~4 min);
+# FAILOVER_ARGS e.g. '--rounds 1 --scenarios cut_off'. `make test` runs one round of each.
+.PHONY: failover
+failover: $(STAMP)
+	$(BIN)/python -m tests.failover --rounds 3 $(FAILOVER_ARGS)
 
 # Schemathesis on the sandbox's implemented operations, longer than the bounded run in `make test`.
 schema: $(STAMP)

@@ -119,6 +119,7 @@ class Stack:
             LOG_FORMAT="json",
             # No reconcile runs: they would request the seeded connections' syncs on their own.
             RECONCILE_INTERVAL_SECONDS="0",
+            WATCH_INTERVAL_SECONDS="0",
         )
         env.update(extra)
         return env

@@ -19,6 +19,7 @@ import orjson
 
 from service.cli import EXIT_RUNNING, EXIT_UNREACHABLE, codat_client, fail, show
 from service.core import devenv
+from service.core.config import signing_key
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -45,7 +46,7 @@ def dev(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     with devmode.stack(env, dev_ports=True) as env:
-        processes = devmode.procfile(env)
+        processes = devmode.procfile(env, *_startable(env))
         try:
             return processes.wait()
         except KeyboardInterrupt:
@@ -58,6 +59,29 @@ def dev(args: argparse.Namespace) -> int:
 
 
 _signalled: list[int] = []
+
+
+def _startable(env: dict[str, str]) -> tuple[str, ...]:
+    """The Procfile's processes to start: all (none named), or the web alone when the worker would
+    refuse CODAT_HANDLERS. honcho stops every process when one exits, so a worker refusing to
+    start would take the web down with it; checked first instead, with the worker's own words."""
+    from sandbox import devmode
+    from service.status import handlers_refusal
+
+    module = (env.get("CODAT_HANDLERS") or "").strip()
+    refusal = handlers_refusal(module, env) if module else None
+    if refusal is None:
+        return ()
+    if env.get("LOG_FORMAT", "json").lower() == "console":
+        print(f"codat-webhooks: {refusal}", file=sys.stderr, flush=True)
+    else:
+        line = {"event": "process.refused_to_start", "level": "critical", "reason": refusal}
+        print(orjson.dumps(line).decode(), file=sys.stderr, flush=True)
+    devmode.say(
+        "the worker is not started (CODAT_HANDLERS, above); the web runs and takes deliveries, which wait in "
+        "the queue. Fix the module, then restart `make run` (`codat-webhooks status` checks it meanwhile)"
+    )
+    return ("web",)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -114,6 +138,12 @@ def send(args: argparse.Namespace) -> int:
         from sandbox.devmode import signing_secret
 
         secret = signing_secret()
+    try:
+        if len(signing_key(secret)) < 16:
+            raise ValueError("shorter than 16 bytes")
+    except ValueError:  # never echoed: it is a secret even when it is malformed
+        given = "--secret" if args.secret else "CODAT_WEBHOOK_SECRETS' first entry"
+        return fail(f"{given} is not a signing secret: give whsec_<base64 of at least 16 bytes>, as Codat shows it")
     url = args.url or f"http://127.0.0.1:{env.get('PORT') or '8000'}/webhooks/codat"
     made: dict[str, str] = {}
     if not args.keep_ids and trigger.is_sandbox(env.get("CODAT_BASE_URL")):

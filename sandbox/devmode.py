@@ -4,7 +4,9 @@
 - CODAT_WEBHOOK_SECRETS unset: a generated signing secret, kept beside it so that a restart keeps
   what a sender was given valid.
 - CODAT_API_KEY unset: the local Codat sandbox, which sends its events to this web process,
-  signed with that secret.
+  signed with that secret. Under `make run` it keeps its companies in .data/sandbox.json across
+  restarts, as Valkey keeps the service's state (sandbox.state.StateFile).
+- PYTHONPATH: the checkout's handlers/ first, where an integrator's CODAT_HANDLERS module lives.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from service.core import devenv
 # secret `make run` made, not invent another (CODAT_DATA_DIR to move it).
 DATA_DIR = devenv.data_dir()
 SECRET_FILE = "webhook-secret"
+SANDBOX_STATE_FILE = "sandbox.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # `make run` keeps its ports across restarts where they are free, so a URL given to a sender,
 # a browser tab on the sandbox or a REDIS_URL in another terminal stays right.
@@ -77,8 +80,11 @@ def signing_secret(data_dir: Path = DATA_DIR) -> str:
     return secret
 
 
-def start_sandbox(env: dict[str, str], port: int | None = None) -> subprocess.Popen[bytes]:
-    """The local Codat API, delivering its events to this web process; points `env` at it."""
+def start_sandbox(
+    env: dict[str, str], port: int | None = None, state_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The local Codat API, delivering its events to this web process; points `env` at it.
+    `state_file`: where it keeps its companies across restarts (none: in memory only)."""
     from sandbox.app import DEV_API_KEY
 
     port = port or free_port()
@@ -88,6 +94,8 @@ def start_sandbox(env: dict[str, str], port: int | None = None) -> subprocess.Po
         "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{env['PORT']}/webhooks/codat",
         "SANDBOX_WEBHOOK_SECRET": env["CODAT_WEBHOOK_SECRETS"].split(",")[0],
     }
+    if state_file is not None:
+        sandbox_env["SANDBOX_STATE_FILE"] = str(state_file)
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", str(port)], env=sandbox_env)
     wait_for_port(port)
     env["CODAT_BASE_URL"] = f"http://127.0.0.1:{port}"
@@ -122,15 +130,25 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR, *, dev_ports: bool = F
         env.setdefault("PORT", str(port("web")))
         sandbox_started = not env.get("CODAT_API_KEY")
         if sandbox_started:
-            sandbox = start_sandbox(env, port("sandbox"))
-            stops.append(sandbox.terminate)
+            state_file = data_dir / SANDBOX_STATE_FILE if dev_ports else None
+            sandbox = start_sandbox(env, port("sandbox"), state_file)
+            stops.append(lambda: _stop(sandbox))
+            kept = f"; its companies are kept in {state_file} across restarts" if state_file else ""
             say(
                 f"sandbox Codat API at {env['CODAT_BASE_URL']} (no CODAT_API_KEY given); "
-                "it sends its events to this web process"
+                f"it sends its events to this web process{kept}"
             )
+        env["PYTHONPATH"] = devenv.python_path(env)
         bin_dir = Path(sys.executable).parent
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         say(f"webhooks at http://127.0.0.1:{env['PORT']}/webhooks/codat")
+        console = f"http://127.0.0.1:{env['PORT']}/ops/"
+        if env.get("OPS_TOKEN"):
+            say(f"ops console at {console} (sign in with OPS_TOKEN)")
+        else:
+            say(f"ops console off (no OPS_TOKEN): `OPS_TOKEN=$(openssl rand -hex 32) make run` serves it at {console}")
+        if env.get("CODAT_HANDLERS"):
+            say(f"CODAT_HANDLERS={env['CODAT_HANDLERS']}, looked for in {devenv.handlers_dir()} first")
         if dev_ports:
             # What a second terminal needs, found by the command-line tool from any directory of
             # the checkout. A real API key is never written: only the sandbox's public dev key.
@@ -139,6 +157,8 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR, *, dev_ports: bool = F
                 shared |= {name: env[name] for name in ("CODAT_BASE_URL", "CODAT_API_KEY")}
             if secret_generated:  # one given in the environment is the user's to pass on
                 shared["CODAT_WEBHOOK_SECRETS"] = env["CODAT_WEBHOOK_SECRETS"]
+            if env.get("CODAT_HANDLERS"):  # so that `status` checks the module the worker loads
+                shared["CODAT_HANDLERS"] = env["CODAT_HANDLERS"]
             written = devenv.write(shared)
             stops.append(devenv.remove)
             say(
@@ -151,9 +171,21 @@ def stack(env: dict[str, str], data_dir: Path = DATA_DIR, *, dev_ports: bool = F
             stop()
 
 
-def procfile(env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
-    """web + worker, as the Procfile says, under honcho (the Python Foreman)."""
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and wait: the sandbox writes its state file on the way out."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def procfile(env: dict[str, str], *names: str, **popen: object) -> subprocess.Popen[bytes]:
+    """web + worker, as the Procfile says, under honcho (the Python Foreman); `names`: only those."""
     honcho = Path(sys.executable).parent / "honcho"
     return subprocess.Popen(
-        [str(honcho), "start", "-f", str(PROJECT_ROOT / "Procfile"), "-d", str(PROJECT_ROOT)], env=env, **popen
+        [str(honcho), "start", "-f", str(PROJECT_ROOT / "Procfile"), "-d", str(PROJECT_ROOT), *names],
+        env=env,
+        **popen,
     )  # type: ignore[call-overload]

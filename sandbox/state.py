@@ -1,13 +1,23 @@
 """The sandbox's in-memory Codat: companies, their connections and pull operations, every call
-received, the faults a test has switched on per company, and random faults for all (chaos)."""
+received, the faults a test has switched on per company, and random faults for all (chaos).
+With SANDBOX_STATE_FILE (as `make run` starts it) the companies outlive a restart (StateFile)."""
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import json
+import os
 import random
+import signal
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 # The data types the sandbox's sync settings list (a typical accounting set), and which of them
@@ -159,6 +169,10 @@ class Sandbox:
         self.client_settings = sync_settings(self.behaviour.fetch_on_first_link)
         self.in_flight: dict[str, int] = {}  # company id -> requests being answered now
         self.quota_used = 0  # requests today (the sandbox's "day" is its lifetime)
+        if not hasattr(self, "state_file"):  # at start; a reset keeps the file and empties it
+            self.state_file = StateFile.from_env()
+            if self.state_file is not None:
+                self.state_file.attach(self)
 
     def reset(self) -> None:
         self.__init__(self.started_with)  # type: ignore[misc]
@@ -255,3 +269,101 @@ class Sandbox:
                 return fault
         # A company's own faults first, so a test's scripted fault is never masked by chance.
         return self.chaos.fault()
+
+
+class StateFile:
+    """The companies (their connections, pulls and sync settings) and the client's sync settings,
+    kept as JSON across restarts: read at start, written when they changed (looked at every
+    SAVE_EVERY_SECONDS, from a thread of its own) and once more on the way out. Dev only: the
+    service's Valkey keeps its state across `make run` restarts, and a sandbox that forgot the
+    companies would answer "company not found" about them. Pulls still running when the sandbox
+    stopped are not carried on: they end as InternalError, with no webhook."""
+
+    SAVE_EVERY_SECONDS = 1.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written: str | None = None
+
+    @classmethod
+    def from_env(cls) -> StateFile | None:
+        configured = os.environ.get("SANDBOX_STATE_FILE")
+        return cls(Path(configured)) if configured else None
+
+    def attach(self, sandbox: Sandbox) -> None:
+        self.load(sandbox)
+        threading.Thread(target=self._keep_saving, args=(sandbox,), name="sandbox-state", daemon=True).start()
+        atexit.register(self.save, sandbox)
+        # uvicorn takes SIGTERM/SIGINT while it serves, then puts back what it found and raises the
+        # signal again once it has shut down: found here, this saves, then does what was there.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._saving_then(signal.getsignal(signum), sandbox))
+
+    def _saving_then(self, previous: Any, sandbox: Sandbox) -> Callable[[int, Any], None]:
+        def handle(signum: int, frame: Any) -> None:
+            self.save(sandbox)
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                signal.signal(signum, previous or signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        return handle
+
+    def load(self, sandbox: Sandbox) -> None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            _say(f"no saved state at {self.path}: starting with no companies")
+            return
+        try:
+            saved = json.loads(text)
+            companies = [Company(**company) for company in saved["companies"]]
+            client_settings = saved.get("clientSettings")
+        except (ValueError, KeyError, TypeError) as exc:
+            kept = self.path.with_suffix(".unreadable.json")
+            self.path.replace(kept)
+            _say(f"{self.path} could not be read ({type(exc).__name__}), kept as {kept}: starting with no companies")
+            return
+        stopped = 0
+        for company in companies:
+            for pull in company.pulls:
+                if not pull.get("isCompleted"):
+                    pull.update(status="InternalError", isCompleted=True, isErrored=True)
+                    stopped += 1
+            sandbox.companies[company.id] = company
+        if isinstance(client_settings, dict):
+            sandbox.client_settings = client_settings
+        self._written = text
+        ended = f"; {stopped} pull(s) still running when it stopped ended as InternalError" if stopped else ""
+        _say(f"{len(companies)} compan{'y' if len(companies) == 1 else 'ies'} restored from {self.path}{ended}")
+
+    def snapshot(self, sandbox: Sandbox) -> str:
+        companies = [dataclasses.asdict(company) for company in list(sandbox.companies.values())]
+        return json.dumps({"companies": companies, "clientSettings": sandbox.client_settings}, indent=1)
+
+    def save(self, sandbox: Sandbox) -> None:
+        try:
+            text = self.snapshot(sandbox)
+        except RuntimeError:  # changed while it was read (the thread's save): the next one takes it
+            return
+        if text == self._written:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(text)
+        partial.replace(self.path)  # whole or not at all
+        self._written = text
+
+    def _keep_saving(self, sandbox: Sandbox) -> None:
+        while True:
+            time.sleep(self.SAVE_EVERY_SECONDS)
+            try:
+                self.save(sandbox)
+            except OSError as exc:
+                _say(f"could not write {self.path}: {exc}")
+
+
+def _say(message: str) -> None:
+    print(f"sandbox: {message}", file=sys.stderr, flush=True)

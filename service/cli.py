@@ -65,18 +65,23 @@ def _require_redis(settings: Settings, wait_seconds: float = 5.0) -> None:
         target = redisurl.parse(settings.redis_url)
     except redisurl.RedisUrlError as exc:
         raise SystemExit(fail(str(exc))) from None
+    from service.status import redis_trouble
+
     deadline = time.monotonic() + wait_seconds
     while True:
         error = _ping(settings.redis_url)
         if error is None:
             return
+        what, todo, setting = redis_trouble(error)
+        if setting:  # waiting does not mend a wrong password or port
+            raise SystemExit(fail(f"Redis at {target.where()} {what}: {todo}"))
         if time.monotonic() >= deadline:
-            raise SystemExit(fail(f"Redis at {target.where()} does not answer ({error}): start it, or fix REDIS_URL"))
+            raise SystemExit(fail(f"Redis at {target.where()} {what}: start it, or fix REDIS_URL"))
         time.sleep(0.5)
 
 
-def _ping(url: str) -> str | None:
-    """None if Redis answers PING, else the kind of failure (never its text: it may hold the URL)."""
+def _ping(url: str) -> BaseException | None:
+    """None if Redis answers PING, else the failure (name its kind only: its text may hold the URL)."""
     from redis.exceptions import RedisError
 
     from service.stores.client import connect
@@ -91,7 +96,7 @@ def _ping(url: str) -> str | None:
     try:
         asyncio.run(ping())
     except (RedisError, OSError) as exc:
-        return type(exc).__name__
+        return exc
     return None
 
 
@@ -133,6 +138,13 @@ def worker(args: argparse.Namespace) -> int:
             "CODAT_API_KEY is not set: give the Codat API key, or start through "
             "`codat-webhooks dev` for the local sandbox"
         )
+    if settings.handlers:  # refused here, as one line, not as a crash in arq's startup
+        from workers.handlers import HandlersRefused, load
+
+        try:
+            load(settings.handlers)
+        except HandlersRefused as exc:
+            return fail(str(exc))
     _require_redis(settings)
     logs.configure(settings.log_level, settings.log_format, secrets=settings.credentials())
     create_worker(settings, burst=args.burst).run()
@@ -189,8 +201,9 @@ def company(args: argparse.Namespace) -> int:
 
 
 def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
-    from redis.exceptions import ConnectionError, TimeoutError
+    from redis.exceptions import RedisError
 
+    from service.status import redis_trouble
     from service.stores.client import connect
 
     settings = _settings(require_secrets=False)
@@ -208,14 +221,11 @@ def _with_redis(action: Callable[[Any], Awaitable[Any]]) -> Any:
 
     try:
         return asyncio.run(run())
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        raise SystemExit(
-            fail(
-                f"Redis at {where} does not answer ({type(exc).__name__}): start the service's Redis "
-                "(`make run` starts one), or set REDIS_URL",
-                EXIT_UNREACHABLE,
-            )
-        ) from None
+    except (RedisError, OSError) as exc:  # not a Redis there, a wrong password, none answering
+        what, todo, setting = redis_trouble(exc)
+        todo = todo or "start the service's Redis (`make run` starts one), or set REDIS_URL"
+        code = EXIT_CONFIG if setting else EXIT_UNREACHABLE
+        raise SystemExit(fail(f"Redis at {where} {what}: {todo}", code)) from None
 
 
 def connection(args: argparse.Namespace) -> int:
@@ -236,7 +246,10 @@ def dead_letters(args: argparse.Namespace) -> int:
     from service.stores.deadletters import DeadLetters
 
     if args.action == "list":
-        for letter in _with_redis(lambda redis: DeadLetters(redis).list(args.limit)):
+        letters = _with_redis(lambda redis: DeadLetters(redis).list(args.limit))
+        if not letters:  # said on stderr: stdout stays JSON lines (none) for a script
+            print("codat-webhooks: no dead letters: no job has failed for good", file=sys.stderr)
+        for letter in letters:
             event = letter["event"]
             print(
                 orjson.dumps(
@@ -246,6 +259,11 @@ def dead_letters(args: argparse.Namespace) -> int:
                         "webhookId": event["message_id"],
                         "connectionId": event["connection_id"],
                     }
+                    | (
+                        {"handler": event["handler"], "lifecycleId": event.get("lifecycle_id")}
+                        if "handler" in event
+                        else {}
+                    )
                 ).decode()
             )
         return 0
@@ -258,11 +276,34 @@ def dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def gaps(args: argparse.Namespace) -> int:
+    """The intervals in which deliveries could not be taken, newest first, with what to do."""
+    from service.stores.gaps import GapStore
+
+    found = _with_redis(lambda redis: GapStore(redis).list(args.limit))
+    if args.json:
+        for gap in found:
+            print(orjson.dumps(gap).decode())
+        return 0
+    if not found:
+        print("no gaps: the web took deliveries throughout (as far as Redis has kept: the last 500 gaps)")
+        return 0
+    for gap in found:
+        until = gap["endAt"] or "now (still open)"
+        covered = "covered by Codat's retries" if gap["coveredByRetries"] else "NOT covered by Codat's retries"
+        print(f"{gap['startAt']} .. {until}  {gap['kind']}  {gap['seconds']} s, {covered}")
+        print(f"    {gap['what']}")
+        print(f"    to do: {gap['todo']}")
+    return 0
+
+
 def events(args: argparse.Namespace) -> int:
     """`events tail`: the newest lifecycle events, then each new one as it is derived."""
     from service.stores.lifecycle import LifecycleStream
 
     settings = _settings(require_secrets=False)
+    if args.type is not None and (refusal := _not_a_lifecycle_type(args.type)):
+        return fail(refusal)
 
     def wanted(event: dict[str, Any]) -> bool:
         return args.type in (None, event.get("type")) and args.company in (None, event.get("companyId"))
@@ -282,7 +323,12 @@ def events(args: argparse.Namespace) -> int:
 
     async def tail(redis: Any) -> None:
         stream = LifecycleStream(redis, settings.events_stream)
-        for event in reversed(await stream.recent(args.last, kind=args.type, company_id=args.company)):
+        recent = await stream.recent(args.last, kind=args.type, company_id=args.company)
+        if not recent and args.last > 0:  # on stderr: stdout holds events only
+            which = " ".join(filter(None, (args.type, args.company and f"of company {args.company}")))
+            waiting = "; waiting for new ones (Ctrl-C stops)" if args.follow else ""
+            print(f"codat-webhooks: no {which + ' ' if which else ''}lifecycle events yet{waiting}", file=sys.stderr)
+        for event in reversed(recent):
             show_line(event)
         newest = await redis.xrevrange(settings.events_stream, count=1)
         after = newest[0][0] if newest else "0-0"
@@ -296,6 +342,22 @@ def events(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _not_a_lifecycle_type(given: str) -> str | None:
+    import difflib
+
+    from service.core.catalogue import LIFECYCLE_FROM_CODAT, LIFECYCLE_TYPES
+
+    if given in LIFECYCLE_TYPES:
+        return None
+    if given in LIFECYCLE_FROM_CODAT:
+        hint = f"; from Codat's {given} the workers derive {' or '.join(LIFECYCLE_FROM_CODAT[given])}"
+    elif near := difflib.get_close_matches(given, LIFECYCLE_TYPES, n=1, cutoff=0.6):
+        hint = f"; did you mean {near[0]}?"
+    else:
+        hint = f" (those are: {', '.join(LIFECYCLE_TYPES)})"
+    return f"--type {given} is not a lifecycle event type{hint}"
 
 
 def reconcile(args: argparse.Namespace) -> int:
@@ -418,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         worker,
         "run the arq worker",
         reads="REDIS_URL, CODAT_API_KEY, CODAT_BASE_URL, CODAT_SYNC_DATA_TYPES, WORKER_JOB_TIMEOUT, "
-        "WORKER_SHUTDOWN_WAIT, WORKER_METRICS_PORT, WORKER_RETRY_BASE_SECONDS, LOG_LEVEL, LOG_FORMAT",
+        "WORKER_SHUTDOWN_WAIT, WORKER_METRICS_PORT, WORKER_RETRY_BASE_SECONDS, CODAT_HANDLERS (a module on the path: "
+        'README "Lifecycle events"), LOG_LEVEL, LOG_FORMAT',
     )
     sub.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     sub = command(
@@ -482,6 +545,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--last", type=int, default=10, help="how many of the newest to print first (default 10)")
     sub.add_argument("--no-follow", dest="follow", action="store_false", help="print the newest and stop")
     sub.add_argument("--json", action="store_true", help="one JSON object a line instead of a short line")
+    sub = command(
+        "gaps",
+        gaps,
+        "list the intervals in which the service could not take Codat's deliveries (503s, no web running, "
+        "the consumer disabled), newest first, with what to do in Codat's Portal",
+        reads=REDIS_ENV,
+    )
+    sub.add_argument("--limit", type=int, default=50, help="how many to list, newest first (default 50)")
+    sub.add_argument("--json", action="store_true", help="one JSON object a line")
     sub = command("connection", connection, "show a connection's reconciled state, as JSON", reads=REDIS_ENV)
     sub.add_argument("connection_id", help="Codat's connectionId (a UUID)")
     sub = command("dead-letters", dead_letters, "list dead letters, or replay one by id", reads=REDIS_ENV)

@@ -8,10 +8,14 @@ prints a secret: Redis by host and port, Codat by its base URL, keys only as set
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
+import orjson
 
 from service.core import devenv, redisurl
 from service.core.config import ConfigError, Settings
@@ -30,6 +34,7 @@ def run(env: Mapping[str, str]) -> list[Check]:
     checks.append(_redis(env.get("REDIS_URL", "")))
     checks.append(_web(env))
     checks.append(_codat(env))
+    checks.append(_consumer(env))
     return checks
 
 
@@ -53,11 +58,62 @@ def _settings(env: Mapping[str, str]) -> list[Check]:
             if extra and not env.get(extra):
                 raise ConfigError(f"{extra} is not set")
             redisurl.parse(env.get("REDIS_URL", ""))
+            module = (env.get("CODAT_HANDLERS") or "").strip()
+            if process == "worker" and module and (refusal := handlers_refusal(module, env)):
+                raise ConfigError(refusal)
         except (ConfigError, redisurl.RedisUrlError) as exc:
             found.append(Check(f"{process} env", False, f"would refuse to start: {exc}"))
         else:
             found.append(Check(f"{process} env", True, "settings are complete and valid"))
     return found
+
+
+def handlers_refusal(module: str, env: Mapping[str, str], timeout: float = 30) -> str | None:
+    """Why a worker would refuse CODAT_HANDLERS=module (workers.handlers.load), or None. Checked
+    in a process of its own, on the worker's path (the checkout's handlers/ in dev, then
+    PYTHONPATH; not the working directory), so that the integrator's code runs nowhere else."""
+    from service.core import devenv
+
+    child_env = {**os.environ, **env, "PYTHONPATH": devenv.python_path(env), "LOG_FORMAT": "json"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "workers.handlers", module],
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"CODAT_HANDLERS={module}: importing it took over {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    for line in reversed(done.stderr.splitlines()):
+        if line.startswith("{"):
+            try:
+                reason = orjson.loads(line).get("reason")
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(reason, str):
+                return reason
+    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return f"CODAT_HANDLERS={module}: the check failed: {last}"
+
+
+def redis_trouble(exc: BaseException) -> tuple[str, str, bool]:
+    """Why Redis could not be used, in words: (what happened, what to do, whether it is a setting
+    to fix). Only the error's kind is named, never its text (it may hold the URL)."""
+    from redis.exceptions import AuthenticationError, InvalidResponse, ResponseError
+
+    kind = type(exc).__name__
+    if isinstance(exc, AuthenticationError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+    ):
+        return f"refuses the credentials ({kind})", "fix the user or password in REDIS_URL", True
+    if isinstance(exc, InvalidResponse):
+        return f"answers, but not as Redis does ({kind})", "REDIS_URL's port is another service's", True
+    if isinstance(exc, ResponseError):
+        return f"answered with an error ({kind})", "is it Redis >= 6.2, or Valkey?", False
+    return f"does not answer ({kind})", "", False
 
 
 def _redis(url: str) -> Check:
@@ -70,7 +126,8 @@ def _redis(url: str) -> Check:
     try:
         depth, letters, polling = asyncio.run(_read_redis(url))
     except Exception as exc:  # any failure to reach it is the answer here
-        return Check("redis", False, f"{where} does not answer ({type(exc).__name__})")
+        what, todo, _ = redis_trouble(exc)
+        return Check("redis", False, f"{where} {what}" + (f": {todo}" if todo else ""))
     workers = "a worker is polling" if polling else "NO worker is polling"
     letters_text = f"{letters} dead letter{'' if letters == 1 else 's'}"
     return Check("redis", True, f"{where} answers: {depth} jobs queued, {letters_text}, {workers}")
@@ -128,3 +185,44 @@ def _codat(env: Mapping[str, str]) -> Check:
     if answer.is_error:
         return Check("codat", False, f"{base} answered HTTP {answer.status_code}")
     return Check("codat", True, f"{base} answers and accepts CODAT_API_KEY")
+
+
+def _consumer(env: Mapping[str, str]) -> Check:
+    """The workers' consumer watch, as its last report in Redis has it (workers.delivery_watch)."""
+    url = (env.get("PUBLIC_WEBHOOK_URL") or "").strip()
+    if not url:
+        return Check("consumer", True, "not watched: set PUBLIC_WEBHOOK_URL to this service's URL as Codat has it")
+    try:
+        report = asyncio.run(_read_report(env.get("REDIS_URL", "")))
+    except Exception as exc:  # any failure to reach Redis is the answer here
+        return Check("consumer", False, f"cannot read the consumer watch's report ({type(exc).__name__})")
+    if report is None:
+        return Check("consumer", True, f"{url}: not checked yet (the workers check every WATCH_INTERVAL_SECONDS)")
+    problems = report.get("problems") or []
+    if not problems:
+        return Check("consumer", True, f"{url}: registered with Codat, enabled, every event type the service acts on")
+    said = []
+    for problem in problems:
+        kind = problem["kind"]
+        if kind == "missing":
+            said.append("NO consumer in Codat for this URL: register it (codat-webhooks register)")
+        elif kind == "disabled":
+            said.append(
+                f"consumer {problem['consumerId']} is DISABLED in Codat: re-enable it, then `codat-webhooks gaps`"
+            )
+        elif kind == "lacking_event_types":
+            said.append(f"lacks event types {', '.join(problem['missingTypes'])}")
+        elif kind == "duplicated":
+            said.append(f"{len(problem['consumerIds'])} consumers for this URL: each message arrives that many times")
+    return Check("consumer", False, f"{url}: " + "; ".join(said))
+
+
+async def _read_report(url: str) -> dict | None:
+    from service.stores.client import connect
+    from service.stores.delivery_health import consumer_report
+
+    redis = connect(url)
+    try:
+        return await consumer_report(redis)
+    finally:
+        await redis.aclose()

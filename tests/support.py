@@ -256,6 +256,7 @@ def worker_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]
         "WORKER_JOB_TIMEOUT": "5",
         "WORKER_RETRY_BASE_SECONDS": "1",
         "RECONCILE_INTERVAL_SECONDS": "0",
+        "WATCH_INTERVAL_SECONDS": "0",  # the delivery watch too: tests/test_delivery_health.py turns it on
         "CODAT_INITIAL_SYNC": "request",
     }
     return service_env(redis_url, CODAT_BASE_URL=sandbox_url, CODAT_API_KEY=SANDBOX_KEY, **{**settings, **extra})

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +151,10 @@ def test_send_to_nothing_and_to_no_url(tmp_path: Path) -> None:
 )
 def test_processes_refuse_an_unusable_redis_url_in_one_line(tmp_path: Path, process: str, url: str, says: str) -> None:
     env = service_env(url, CODAT_API_KEY="k", CODAT_DATA_DIR=str(tmp_path))
-    started = time.monotonic()
     result = run(env, process)
     line = one_line(result)
     assert result.returncode == 2 and "process.refused_to_start" in line and says in line
     assert PASSWORD not in line and "process.crashed" not in line
-    assert time.monotonic() - started < 20
 
 
 def test_version() -> None:
@@ -243,11 +240,10 @@ def test_dev_env_file_is_for_this_user_only(dev_data: Path) -> None:
 
 def test_a_second_dev_stops_at_once(tmp_path: Path, dev_data: Path) -> None:
     devenv.lock()  # this test process is the first `make run`
-    started = time.monotonic()
     result = run(clean_env(tmp_path), "dev")
     assert result.returncode == cli.EXIT_RUNNING and f"pid {os.getpid()}" in one_line(result)
-    assert time.monotonic() - started < 10
-    assert not (dev_data / "valkey").exists()  # it touched nothing
+    assert not (dev_data / "valkey").exists()  # it touched nothing: no Valkey, no sandbox, no dev.env
+    assert not devenv.path().exists()
 
 
 def test_dev_binds_loopback_and_kill_stops_all_of_it(tmp_path: Path, dev_data: Path) -> None:

@@ -25,6 +25,13 @@ ALERTS = (
     "CodatRateLimited",
     "CodatQueueBacklog",
     "CodatWorkerNotPolling",
+    # issue 23: is Codat delivering?
+    "CodatWebhookConsumerMissing",
+    "CodatWebhookConsumerDisabled",
+    "CodatWebhookConsumerLacksEventTypes",
+    "CodatWebhookConsumerDuplicated",
+    "CodatDeliveriesSilent",
+    "CodatDeliveryGapNeedsReplay",
 )
 
 
@@ -318,6 +325,8 @@ def test_what_the_tests_run_on_is_exactly_the_test_lock() -> None:
     installed.pop("codat-webhooks")  # the project itself, installed editable
     installed.pop("pip", None)  # the venv's own installer
     pins = locked(TEST_LOCK)
+    # never a pass for want of anything to compare: the runtime's and the tests' own are there
+    assert {"starlette", "arq", "redis", "httpx", "pytest", "ruff"} <= set(installed) and len(pins) >= len(installed)
     for name, version in installed.items():
         assert pins.get(name) == version, f"{name} {version} is installed but {TEST_LOCK.name} pins {pins.get(name)}"
     markers = dict(re.findall(r"^([A-Za-z0-9_.-]+)==\S+ ; (.+?) \\$", TEST_LOCK.read_text(), re.MULTILINE))

@@ -71,7 +71,8 @@ class CompanyBusy(RateLimited):
     that waiting jobs do not come back together)."""
 
     def __init__(self, company_id: str) -> None:
-        super().__init__(f"{company_id}: Codat's concurrent requests per company in use", random.uniform(0.5, 1.5))
+        # 12 tries x ~2 s outlast a slot or lock left by a dead worker (15 s leases): never a dead letter
+        super().__init__(f"{company_id}: Codat's concurrent requests per company in use", random.uniform(1.0, 3.0))
 
 
 class _AlreadyInProgress(CodatError):

@@ -19,21 +19,33 @@ dedup horizon), then acknowledges. Each job calls one handler: an exception is r
 backoff and, after CODAT_HANDLER_MAX_TRIES (8), becomes a dead letter of its own, whose replay runs only
 that handler. A handler never re-runs the state machine or a Codat call, and one that fails or
 is slow holds up nobody else.
+
+Where the module is found (README "Lifecycle events"): on the worker's import path. `make run`
+puts `handlers/` at the checkout's root on it; the image has /app/handlers on PYTHONPATH, for a
+mounted folder. A module that is missing, fails to import, registers nothing, or names a type
+that is not a lifecycle event type is refused at start (HandlersRefused: the worker's one
+`process.refused_to_start` line, exit 2); `python -m workers.handlers MODULE` runs the same check
+(`codat-webhooks status` and `make run` use it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib
 import inspect
+import sys
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 from arq import Retry
 from redis.exceptions import RedisError, ResponseError
 
+from service.core.catalogue import KNOWN_EVENTS, LIFECYCLE_FROM_CODAT, LIFECYCLE_TYPES
 from service.stores import keys
 from service.stores.keys import ARQ_MAX_TRIES, HANDLERS_GROUP
 from service.stores.lifecycle import decode
@@ -60,21 +72,108 @@ def on(*event_types: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def load(module_name: str) -> dict[str, dict[str, Handler]]:
-    """{event type: {handler name: function}} from the module CODAT_HANDLERS names."""
-    module = importlib.import_module(module_name)
-    found: dict[str, dict[str, Handler]] = {}
+class HandlersRefused(Exception):
+    """CODAT_HANDLERS cannot be used; the message is the one line the worker refuses to start with."""
 
-    def add(event_type: str, function: Handler) -> None:
-        found.setdefault(event_type, {})[f"{function.__module__}.{function.__qualname__}"] = function
+
+# Where a module is looked for, said when it is not found.
+WHERE = (
+    "in dev, put it in handlers/ at the checkout's root (`make run` puts that folder on the path: "
+    "handlers/myhandlers.py is CODAT_HANDLERS=myhandlers); in the image, mount its folder at "
+    "/app/handlers (deploy/docker-compose.yml) or add it to PYTHONPATH"
+)
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def load(module_name: str) -> dict[str, dict[str, Handler]]:
+    """{event type: {handler name: function}} from the module CODAT_HANDLERS names; HandlersRefused
+    if it cannot be imported, registers nothing, or registers a type no lifecycle event has."""
+    module = _import(module_name)
+    found: dict[str, dict[str, Handler]] = {}
+    problems: list[str] = []
+
+    def add(event_type: object, function: object) -> None:
+        name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
+        if not callable(function):
+            problems.append(f"HANDLERS[{event_type!r}] holds {function!r}, which is not a function")
+        elif not isinstance(event_type, str) or event_type not in LIFECYCLE_TYPES:
+            problems.append(f"{name} is registered for {_not_a_type(event_type)}")
+        else:
+            found.setdefault(event_type, {})[name] = function
 
     for _, function in inspect.getmembers(module, callable):
         for event_type in getattr(function, "__codat_event_types__", ()):
             add(event_type, function)
-    for event_type, functions in (getattr(module, "HANDLERS", None) or {}).items():
+    mapping = getattr(module, "HANDLERS", None) or {}
+    if not isinstance(mapping, dict):
+        problems.append("HANDLERS is not a dict of {lifecycle type: [function, ...]}")
+        mapping = {}
+    for event_type, functions in mapping.items():
         for function in functions if isinstance(functions, list | tuple) else [functions]:
             add(event_type, function)
+    if problems:
+        raise HandlersRefused(f"CODAT_HANDLERS={module_name}: " + "; ".join(problems))
+    if not found:
+        raise HandlersRefused(
+            f"CODAT_HANDLERS={module_name}: the module registers no handler: decorate a function with "
+            "@on('connection.linked') (from workers.handlers), or give HANDLERS = {'connection.linked': [function]}"
+        )
     return found
+
+
+def _not_a_type(event_type: object) -> str:
+    listed = ", ".join(LIFECYCLE_TYPES)
+    if not isinstance(event_type, str):
+        return f"{event_type!r}, not a lifecycle event type (those are: {listed})"
+    derived = LIFECYCLE_FROM_CODAT.get(event_type)
+    if derived:
+        return (
+            f"{event_type!r}, a Codat webhook type, not a lifecycle event: handlers get what the workers derive, "
+            f"here {' or '.join(repr(t) for t in derived)}"
+        )
+    if event_type in KNOWN_EVENTS:
+        return f"{event_type!r}, a Codat webhook type from which no lifecycle event is derived (those are: {listed})"
+    near = difflib.get_close_matches(event_type, LIFECYCLE_TYPES, n=1, cutoff=0.6)
+    if near:
+        return f"{event_type!r}, not a lifecycle event type: did you mean {near[0]!r}?"
+    return f"{event_type!r}, not a lifecycle event type (those are: {listed})"
+
+
+def _import(module_name: str) -> Any:
+    prefix = f"CODAT_HANDLERS={module_name}"
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        hint = module_name.removesuffix(".py").replace("/", ".").rpartition("handlers.")[2] or "myhandlers"
+        raise HandlersRefused(f"{prefix}: not a module name: give its dotted name (e.g. {hint}), not a file path")
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            at_root = exc.name == module_name and (CHECKOUT / f"{module_name}.py").exists()
+            where = f"{module_name}.py is at the checkout's root, which is not on the path: move it into handlers/"
+            found = where if at_root else WHERE
+            raise HandlersRefused(f"{prefix}: no module named {exc.name!r} on the worker's path: {found}") from None
+        raise HandlersRefused(f"{prefix}: importing it failed: {_described(exc)}") from None
+    except (Exception, SystemExit) as exc:
+        raise HandlersRefused(f"{prefix}: importing it raised {_described(exc)}") from None
+
+
+def _described(exc: BaseException) -> str:
+    """The error and where it happened, on one line."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    return f"{text} ({frames[-1].filename}, line {frames[-1].lineno})" if frames else text
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _group_gone(exc: BaseException) -> bool:
+    """NOGROUP, or (a reader blocked when the stream was deleted) the stream no longer exists."""
+    text = str(exc)
+    return "NOGROUP" in text or "no longer exists" in text
 
 
 def by_name(registry: dict[str, dict[str, Handler]]) -> dict[str, Handler]:
@@ -90,23 +189,36 @@ class Dispatcher:
         self._stream = deps_of(ctx).settings.events_stream
         self._registry = registry
         self._consumer = consumer
+        self._last_id: bytes | str = "$"
 
     async def run(self) -> None:
         backoff = 0.1
+        group_ready = False
         while True:
             try:
-                await self._ensure_group()
+                if not group_ready:
+                    await self._ensure_group()
+                    group_ready = True
                 await self._claim_abandoned()
                 answer = await self._redis.xreadgroup(
                     HANDLERS_GROUP, self._consumer, {self._stream: ">"}, count=100, block=1000
                 )
                 for _, entries in answer or []:
                     await self._dispatch(entries)
+                    if entries:
+                        self._last_id = entries[-1][0]
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:  # the worker's poll loop logs the outage itself
-                log.debug("handlers.dispatch_waiting", error=str(exc))
+            except (RedisError, OSError) as exc:
+                if _group_gone(exc):
+                    # The stream deleted, a restart without persistence, a failover to a replica
+                    # that never had the group: made again, from the last entry this worker
+                    # dispatched (a handler's marker keeps it from being queued twice).
+                    log.warning("handlers.group_recreated", stream=self._stream, from_id=_text(self._last_id))
+                    group_ready = False
+                else:  # the worker's poll loop logs the outage itself
+                    log.debug("handlers.dispatch_waiting", error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
             except Exception:  # a bug, or an entry it cannot read: say so, and keep dispatching
@@ -116,8 +228,9 @@ class Dispatcher:
 
     async def _ensure_group(self) -> None:
         try:
-            # From now on: turning handlers on does not replay the days the stream holds.
-            await self._redis.xgroup_create(self._stream, HANDLERS_GROUP, id="$", mkstream=True)
+            # From now on (made again: from the last entry dispatched): turning handlers on does
+            # not replay the days the stream holds.
+            await self._redis.xgroup_create(self._stream, HANDLERS_GROUP, id=self._last_id, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -160,6 +273,7 @@ async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> 
         handler=name,
         lifecycle_id=event.get("id"),
         lifecycle_type=event.get("type"),
+        webhook_id=event.get("webhookId") or None,
         company_id=event.get("companyId"),
         connection_id=event.get("connectionId"),
         job_id=ctx.get("job_id"),
@@ -194,7 +308,10 @@ async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> 
 async def _dead_letter(ctx: dict[str, Any], name: str, event: dict[str, Any], reason: str, error: str) -> str:
     record = {
         "event_type": event.get("type"),
-        "message_id": event.get("id"),
+        # The delivery behind the lifecycle event (none when the reconcile derived it), so that
+        # the letter is found with the delivery's own; the lifecycle event by its id.
+        "message_id": event.get("webhookId") or None,
+        "lifecycle_id": event.get("id"),
         "company_id": event.get("companyId"),
         "connection_id": event.get("connectionId"),
         "handler": name,
@@ -211,3 +328,27 @@ async def _dead_letter(ctx: dict[str, Any], name: str, event: dict[str, Any], re
     HANDLER_CALLS.labels(name, "dead_lettered").inc()
     log.error("handler.dead_lettered", reason=reason, dead_letter_id=letter_id, error=error)
     return "dead_lettered"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.handlers MODULE`: the check the worker makes at start, alone: exit 0 and
+    what it registers, or the refusal line (process.refused_to_start) and exit 2."""
+    import argparse
+
+    from service.core.logs import refuse
+
+    parser = argparse.ArgumentParser(prog="python -m workers.handlers", description=main.__doc__)
+    parser.add_argument("module", help="what CODAT_HANDLERS names, e.g. myhandlers")
+    args = parser.parse_args(argv)
+    try:
+        registry = load(args.module)
+    except HandlersRefused as exc:
+        refuse(str(exc))
+        return 2
+    for event_type, named in sorted(registry.items()):
+        print(f"{event_type}: {', '.join(sorted(named))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,9 @@ from workers.rate_limit import Paused
 
 log = structlog.get_logger(__name__)
 
+# One data/all at a time per company: held for one call (10 s timeout) and its bookkeeping; a
+# worker that dies holding it keeps the company's other first links waiting no longer than this.
+REFRESH_LOCK_MS = 15_000
 # When the pulls were requested must be read against this service's own clock: allow for skew.
 CLOCK_SKEW_MS = 60_000
 
@@ -109,7 +112,7 @@ async def refresh_company(deps: Deps, company_id: str, connection_id: str) -> Qu
     if await companies.covered(company_id, connection_id):
         return "covered"
     owner = uuid.uuid4().hex
-    if not await companies.lock(company_id, owner, deps.lease_ms):
+    if not await companies.lock(company_id, owner, REFRESH_LOCK_MS):
         raise CompanyBusy(company_id)
     try:
         if await companies.covered(company_id, connection_id):

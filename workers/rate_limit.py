@@ -43,9 +43,21 @@ async def handle(rate_limits: RateLimits, event: Event) -> str:
             log.warning("rate_limit.reached", paused_until=iso(until), paused=False, expiry_past=True)
             return "expired"
         at = event.generated_ms or event.received_at_ms
-        await rate_limits.pause(until, event.generated_date, event.daily_quota, event_at_ms=at)
+        await rate_limits.pause(
+            until,
+            event.generated_date,
+            event.daily_quota,
+            event_at_ms=at,
+            webhook_id=event.message_id,
+            codat_event_type=event.event_type,
+        )
         log.warning("rate_limit.reached", paused_until=iso(until), paused=True, daily_quota=event.daily_quota)
         return "paused"
-    woken = await rate_limits.resume(event.generated_date, event_at_ms=event.generated_ms or event.received_at_ms)
+    woken = await rate_limits.resume(
+        event.generated_date,
+        event_at_ms=event.generated_ms or event.received_at_ms,
+        webhook_id=event.message_id,
+        codat_event_type=event.event_type,
+    )
     log.info("rate_limit.reset", woken_jobs=woken)
     return "resumed"

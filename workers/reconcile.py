@@ -16,6 +16,12 @@ comes with its `dataConnections`) and, for every connection:
   One with pulls was synced by Codat itself (Fetch on first link): reported, not requested.
   Only a missed first link is written (as the first-link mark): an event still on its way
   decides the rest as it would have.
+- finds connections Codat deleted while their `connection.deleted` was lost: the connections
+  this service holds for a company (its index, keys.company_connections) that Codat's listing no
+  longer has, and that `GET .../connections/{id}` answers 404 for, are moved to `Deleted` through
+  the same compare-and-set, as Codat's answer (authoritative), with their lifecycle event; one
+  written after the listing was read is left to the next run. A company this service holds that a
+  full run never listed, and Codat answers 404 for, is reported (`reconcile.company_unknown`).
 
 One run at a time across all workers (a leased lock), one page per job, the cursor in Redis:
 a killed job is run again by arq and a lost run is resumed from its cursor by the next tick.
@@ -36,6 +42,7 @@ from redis.exceptions import RedisError
 
 from service.core.clock import iso, now_ms, parse_time_ms
 from service.core.events import STATUSES
+from service.stores import keys
 from workers.codat import RateLimited, Rejected, Unavailable
 from workers.deps import Deps, deps_of
 from workers.initial_sync import request_initial_sync, requested_since
@@ -52,6 +59,9 @@ LOCK_LEASE_MS = 10 * 60 * 1000
 # A connection Codat created this long before the first worker started still counts as new:
 # the service may have been deployed just after a company linked.
 DEPLOYMENT_GRACE_MS = 10 * 60 * 1000
+# The companies a run listed, kept while it runs (a run resumed after a crash adds to them).
+LISTED_TTL_SECONDS = 24 * 3600
+MAX_UNKNOWN_CHECKS = 100  # GET company calls per run for companies it did not list
 
 
 async def reconcile_tick(ctx: dict[str, Any]) -> str:
@@ -79,7 +89,7 @@ async def reconcile_page(ctx: dict[str, Any], run_id: str, page: int) -> str:
     structlog.contextvars.bind_contextvars(run_id=run_id, page=page, job_id=ctx.get("job_id"))
     try:
         async with asyncio.timeout(deps.call_budget_seconds):
-            found, more = await reconcile_companies_page(deps, page, owner=f"reconcile:{run_id}:{page}")
+            found, more = await reconcile_companies_page(deps, page, owner=f"reconcile:{run_id}:{page}", run_id=run_id)
     except Paused as exc:
         raise Retry(defer=max(0.0, (exc.until_ms - now_ms()) / 1000)) from None
     except RateLimited as exc:
@@ -114,6 +124,9 @@ async def _finish(deps: Deps, run_id: str) -> str:
         "pages": current.get("pagesDone"),
         "found": current.get("found", {}),
     }
+    unknown = await _report_unknown_companies(deps, run_id)
+    if unknown:
+        summary["found"] = {**summary["found"], "unknown_company": unknown}
     await deps.reconciles.finish(run_id, summary)
     RECONCILE_RUNS.labels("completed").inc()
     log.info(
@@ -123,10 +136,15 @@ async def _finish(deps: Deps, run_id: str) -> str:
 
 
 async def reconcile_companies_page(
-    deps: Deps, page: int, *, owner: str, dry_run: bool = False
+    deps: Deps, page: int, *, owner: str, dry_run: bool = False, run_id: str | None = None
 ) -> tuple[Counter[str], bool]:
     observed_at = now_ms()  # before the call: an event generated while it is in flight is newer
     companies, more = await deps.codat.list_companies(page, PAGE_SIZE)
+    if run_id is not None:  # what this run listed, to find the companies Codat no longer knows
+        listed = [c["id"] for c in companies if isinstance(c.get("id"), str)]
+        if listed:
+            await deps.queue.sadd(keys.reconcile_listed(run_id), *listed)
+            await deps.queue.expire(keys.reconcile_listed(run_id), LISTED_TTL_SECONDS)
     found: Counter[str] = Counter()
     for company in companies:
         found += await reconcile_company(deps, company, observed_at, owner=owner, dry_run=dry_run)
@@ -168,7 +186,92 @@ async def reconcile_company(
                     status=connection.get("status"),
                     dry_run=dry_run,
                 )
+    found += await _reconcile_deleted(deps, company_id, connections, observed_at, dry_run)
     return found
+
+
+async def _reconcile_deleted(
+    deps: Deps, company_id: str, connections: list[Any], observed_at: int, dry_run: bool
+) -> Counter[str]:
+    """The connections held for the company that Codat's listing no longer has: Deleted, once
+    Codat confirms it no longer knows them (404), through the same compare-and-set."""
+    found: Counter[str] = Counter()
+    listed = {c["id"] for c in connections if isinstance(c, dict) and isinstance(c.get("id"), str)}
+    for connection_id in await deps.history.connections_of(company_id):
+        if connection_id in listed:
+            continue
+        ours = await deps.connections.get(connection_id)
+        if ours is None or ours["status"] == "Deleted":
+            continue
+        if (parse_time_ms(ours.get("updatedAt")) or 0) >= observed_at:
+            continue  # written after the listing was read: the listing cannot speak for it
+        try:
+            asked_at = now_ms()
+            if await deps.codat.get_connection(company_id, connection_id) is not None:
+                continue  # still there (the listing lagged): the next run looks again
+        except Rejected as exc:
+            log.error(
+                "reconcile.connection_failed",
+                company_id=company_id,
+                connection_id=connection_id,
+                error=str(exc),
+                status=exc.status,
+            )
+            continue
+        if not dry_run:
+            await deps.connections.apply(
+                status="Deleted",
+                at_ms=asked_at,
+                event_type="reconcile",
+                authoritative=True,
+                company_id=company_id,
+                connection_id=connection_id,
+            )
+        found["deleted"] += 1
+        RECONCILE_DRIFT.labels("deleted").inc()
+        log.info(
+            "reconcile.drift",
+            kind="deleted",
+            company_id=company_id,
+            connection_id=connection_id,
+            status="Deleted",
+            previous_status=ours["status"],
+            dry_run=dry_run,
+        )
+    return found
+
+
+async def _report_unknown_companies(deps: Deps, run_id: str) -> int:
+    """The companies this service holds connections for that the run never listed and Codat
+    answers 404 for: reported (a log line each, and the count in the run's summary), not changed."""
+    redis, listed_key = deps.queue, keys.reconcile_listed(run_id)
+    prefix, suffix = keys.company_connections("\0").split("\0")
+    unknown = checked = 0
+    try:
+        async for name in redis.scan_iter(match=keys.company_connections("*"), count=1000):
+            company_id = _text(name)[len(prefix) : -len(suffix)]
+            if await redis.sismember(listed_key, company_id):
+                continue
+            if checked >= MAX_UNKNOWN_CHECKS:
+                break  # the next run goes on: the check is cheap only while few are unlisted
+            checked += 1
+            if await deps.codat.get_company(company_id) is None:
+                unknown += 1
+                RECONCILE_DRIFT.labels("unknown_company").inc()
+                log.warning(
+                    "reconcile.company_unknown",
+                    company_id=company_id,
+                    connections=await redis.scard(name),
+                )
+    except (Rejected, Unavailable, RateLimited, Paused, RedisError) as exc:
+        log.warning("reconcile.company_check_incomplete", error=str(exc))
+    finally:
+        await redis.delete(listed_key)
+    return unknown
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _reconcile_connection(
@@ -247,7 +350,9 @@ async def run_once(deps: Deps, *, company_id: str | None = None, dry_run: bool =
     total: Counter[str] = Counter()
     while True:
         found, more = await _patiently(
-            lambda page=page: reconcile_companies_page(deps, page, owner=f"{owner}:{page}", dry_run=dry_run)
+            lambda page=page: reconcile_companies_page(
+                deps, page, owner=f"{owner}:{page}", dry_run=dry_run, run_id=None if dry_run else run_id
+            )
         )
         total += found
         if not dry_run:

@@ -18,6 +18,7 @@ from arq.worker import get_kwargs
 from service.core.config import Settings
 from service.stores.keys import ARQ_MAX_TRIES, CHECK_INITIAL_PULLS, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME
 from workers import metrics
+from workers.delivery_watch import delivery_watch_tick
 from workers.deps import Deps, deps_of
 from workers.handlers import RUN_HANDLER, Dispatcher, by_name, load, run_handler
 from workers.initial_sync import check_initial_pulls
@@ -94,7 +95,7 @@ def create_worker(settings: Settings, *, burst: bool = False) -> ResilientWorker
         # them and puts them back on the queue. Kubernetes' grace period is set above it
         # (deploy/kubernetes/worker.yaml).
         job_completion_wait=settings.shutdown_wait_seconds,
-        cron_jobs=reconcile_ticks(settings.reconcile_interval_seconds),
+        cron_jobs=reconcile_ticks(settings.reconcile_interval_seconds) + watch_ticks(settings.watch_interval_seconds),
         ctx={"settings": settings},
     )
 
@@ -107,3 +108,15 @@ def reconcile_ticks(interval_seconds: int) -> list[Any]:
         return []
     every = min(60, interval_seconds)
     return [cron(reconcile_tick, second=set(range(0, 60, every)), run_at_startup=True, timeout=30)]
+
+
+def watch_ticks(interval_seconds: int) -> list[Any]:
+    """arq cron for the delivery watch (workers.delivery_watch), ticking as the reconcile's does:
+    each tick asks "is a run due?" (one SET NX), one run per interval across all workers."""
+    if not interval_seconds:
+        return []
+    every = min(60, interval_seconds)
+    # No timeout of its own: arq keeps every job's in-progress key for the longest function timeout
+    # + 10 s, so a longer one here would delay the rerun of any job whose worker was killed. The
+    # run bounds its own Codat call (workers.delivery_watch).
+    return [cron(delivery_watch_tick, second=set(range(0, 60, every)), run_at_startup=True)]

@@ -18,6 +18,11 @@ each job runs through arq's `run_job`. Three hooks are missing, so this subclass
   comes first. Polling stays as the fallback (a message published while a worker reconnects is
   lost; a killed worker's job comes due by expiry, not by a message), so an idle worker makes
   one cheap script call per poll delay and a delivery reaches a worker in about a round trip.
+- **Failover.** With a `redis+sentinel://` URL the pool is built here (workers.redis_settings:
+  arq's own has no socket timeouts, so a frozen primary would hang the worker), and a role check
+  (service.stores.replication.PrimaryWatch) asks the sentinels once a second which node is the
+  primary: a primary cut off from them and replaced is left, every connection dropped (the wake
+  listener's included), without a restart.
 - **Redis outages.** arq lets any Redis error escape `main()`, which ends the process on a
   Redis restart or failover. A poll iteration that meets one logs the outage once
   (`worker.redis_unavailable`), waits with capped exponential backoff and tries again (redis-py
@@ -48,6 +53,8 @@ from redis.exceptions import RedisError
 
 from service.stores import jobqueue
 from service.stores.keys import QUEUE_WAKE
+from service.stores.replication import PrimaryWatch
+from workers.redis_settings import sentinel_pool
 
 log = structlog.get_logger("workers.worker")
 
@@ -56,6 +63,8 @@ OUTAGE_BACKOFF_MAX_SECONDS = 5.0
 # Queue entries one claim looks at, at most: enough to step over the jobs every other worker
 # holds (in-progress jobs stay in the queue until they finish), bounded so the script stays short.
 CLAIM_SCAN = 1000
+# One wait for a wake message, shorter than the pool's read timeout (workers.redis_settings).
+LISTEN_SECONDS = 1.0
 
 
 def _not_per_job_lines(record: logging.LogRecord) -> bool:
@@ -99,6 +108,18 @@ class ResilientWorker(Worker):
         self._next_due_ms: int | None = None
         # The last claim filled every free slot: more may be due, so a slot coming free wakes.
         self._saturated = False
+        self._watch: PrimaryWatch | None = None
+
+    async def main(self) -> None:
+        if self._pool is None and self.redis_settings.sentinel:
+            self._pool = await sentinel_pool(
+                self.redis_settings,
+                job_serializer=self.job_serializer,
+                job_deserializer=self.job_deserializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        await super().main()
 
     async def _poll_iteration(self) -> None:
         try:
@@ -178,6 +199,8 @@ class ResilientWorker(Worker):
         if pool.connection_class is Connection:
             pool.connection_class = _HiredisPacked
         self._listener = self.loop.create_task(self._listen())
+        self._watch = PrimaryWatch(self.pool)
+        self._watch.start()
 
     async def _listen(self) -> None:
         """One subscribed connection: every message on the wake channel wakes the poll loop.
@@ -189,7 +212,9 @@ class ResilientWorker(Worker):
                 await pubsub.subscribe(QUEUE_WAKE)
                 backoff = OUTAGE_BACKOFF_START_SECONDS
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    # A timeout of its own, under the pool's read timeout: a quiet channel
+                    # answers None, not a TimeoutError that would drop the subscription.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_SECONDS)
                     if message is not None:
                         self._ready.set()
             except (RedisError, OSError):
@@ -202,6 +227,8 @@ class ResilientWorker(Worker):
                     pass
 
     async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
         if self._listener is not None:
             self._listener.cancel()
             try:

@@ -104,3 +104,38 @@ LEGACY_BY_RULE = {squash(name): name for name in LEGACY_EVENTS} | {
     "ratelimitreached": "ClientRateLimitReached",
     "ratelimitreset": "ClientRateLimitReset",
 }
+
+
+def _lifecycle_types() -> tuple[str, ...]:
+    """The lifecycle event types (README "Lifecycle events"), as their JSON Schema lists them."""
+    import json
+    from importlib.resources import files
+
+    schema = json.loads(files("service.core").joinpath("lifecycle.schema.json").read_text())
+    return tuple(schema["properties"]["type"]["enum"])
+
+
+# What the workers derive and hand to CODAT_HANDLERS (workers.handlers), not what Codat sends.
+LIFECYCLE_TYPES = _lifecycle_types()
+# A Codat webhook type given where a lifecycle type belongs -> the lifecycle types derived from it.
+LIFECYCLE_FROM_CODAT = {
+    "connection.connected": ("connection.linked",),
+    "connection.reconnected": ("connection.relinked",),
+    "connection.disconnected": ("connection.unlinked", "connection.deauthorized"),
+    "DataConnectionStatusChanged": (
+        "connection.linked",
+        "connection.relinked",
+        "connection.unlinked",
+        "connection.deauthorized",
+    ),
+    "read.completed": ("sync.completed", "sync.failed"),
+    "read.completed.initial": ("sync.completed", "sync.failed"),
+    "DataSyncCompleted": ("sync.completed", "sync.failed"),
+    "DatasetDataChanged": ("sync.completed", "sync.failed"),
+    "NewCompanySynchronized": ("sync.completed", "sync.failed"),
+    "DataSyncStatusChangedToError": ("sync.failed",),
+    "client.rateLimit.reached": ("rate_limit.paused",),
+    "ClientRateLimitReached": ("rate_limit.paused",),
+    "client.rateLimit.reset": ("rate_limit.resumed",),
+    "ClientRateLimitReset": ("rate_limit.resumed",),
+}

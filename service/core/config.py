@@ -7,9 +7,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# Codat retries a failed delivery for 28 hours; a message id is remembered well beyond
-# that, so a late retry or a manual resend from the portal days later is still a duplicate.
-DEDUP_TTL_SECONDS = 7 * 24 * 3600
+# Codat retries a failed delivery for 28 hours, and its Portal replays ("Recover failed messages",
+# "Replay missing messages") up to 14 days back: a message id is remembered past both (the default
+# of DEDUP_TTL_SECONDS), so a replay is answered 200, not queued again. The jobs themselves are kept
+# for JOB_TTL_SECONDS only (service.stores.keys.JOB_TTL_MS): a dedup record is a small key, a job is not.
+DEDUP_TTL_SECONDS = 15 * 24 * 3600
+JOB_TTL_SECONDS = 7 * 24 * 3600
 MAX_BODY_BYTES = 1024 * 1024
 MIN_SECRET_BYTES = 16
 INITIAL_SYNC_POLICIES = ("request", "auto", "off")
@@ -52,6 +55,14 @@ class Settings:
     # 0: the primary's answer is enough (service.stores.replication).
     redis_min_replicas: int = 0
     redis_replica_timeout_ms: int = 1000  # then 503 + Retry-After: under the client's 2 s read timeout
+    # Delivery health (issue 23): how long a message id is remembered; this service's consumer URL
+    # as registered with Codat (unset: the consumer watch says so once and skips); how often the
+    # workers check it (0: never); nothing accepted for this long while Linked connections exist
+    # is silence (service.stores.delivery_health, workers.delivery_watch).
+    dedup_ttl_seconds: int = DEDUP_TTL_SECONDS
+    public_webhook_url: str | None = None
+    watch_interval_seconds: int = 600
+    silence_alert_seconds: int = 12 * 3600
     log_level: str = "info"
     log_format: str = "json"
     port: int = 8000
@@ -134,6 +145,10 @@ class Settings:
             handler_max_tries=_int(env, "CODAT_HANDLER_MAX_TRIES", 8, minimum=1),
             redis_min_replicas=_int(env, "REDIS_MIN_REPLICAS", 0, minimum=0),
             redis_replica_timeout_ms=_replica_timeout(env),
+            dedup_ttl_seconds=_int(env, "DEDUP_TTL_SECONDS", DEDUP_TTL_SECONDS, minimum=JOB_TTL_SECONDS),
+            public_webhook_url=env.get("PUBLIC_WEBHOOK_URL", "").strip() or None,
+            watch_interval_seconds=_int(env, "WATCH_INTERVAL_SECONDS", 600, minimum=0),
+            silence_alert_seconds=_int(env, "SILENCE_ALERT_SECONDS", 12 * 3600, minimum=60),
             log_level=log_level,
             log_format=log_format,
             port=_int(env, "PORT", 8000, minimum=1),

@@ -6,6 +6,10 @@ root, and removes it when it stops: REDIS_URL, PORT, the sandbox's CODAT_BASE_UR
 names the environment does not set, so a second terminal needs no export line, and
 `codat-webhooks env` prints it for a shell. Without a running dev stack there is no file and
 nothing is read: a production install (no checkout) never has one.
+
+`handlers/` at the checkout's root is where an integrator's CODAT_HANDLERS module lives in dev
+(README "Lifecycle events"): `make run` puts it on the processes' PYTHONPATH, and `status` checks
+the module with the same path. Neither ruff nor pytest looks in it (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -18,13 +22,31 @@ from pathlib import Path
 # The checkout's root: service/core/devenv.py -> ../../
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
 # The names it may carry; anything else in the file is ignored.
-NAMES = ("REDIS_URL", "PORT", "HOST", "CODAT_BASE_URL", "CODAT_API_KEY", "CODAT_WEBHOOK_SECRETS")
+NAMES = ("REDIS_URL", "PORT", "HOST", "CODAT_BASE_URL", "CODAT_API_KEY", "CODAT_WEBHOOK_SECRETS", "CODAT_HANDLERS")
+HANDLERS_DIR = "handlers"
 
 
 def data_dir() -> Path:
     """`.data` at the checkout's root (CODAT_DATA_DIR to move it), whatever the working directory."""
     configured = os.environ.get("CODAT_DATA_DIR")
     return Path(configured).resolve() if configured else CHECKOUT / ".data"
+
+
+def handlers_dir() -> Path | None:
+    """The checkout's handlers/ folder, where there is a checkout (not in an installed package)."""
+    if not (CHECKOUT / "pyproject.toml").exists():
+        return None
+    return CHECKOUT / HANDLERS_DIR
+
+
+def python_path(env: Mapping[str, str]) -> str:
+    """PYTHONPATH as the dev stack's processes get it: the checkout's handlers/ first, then the
+    environment's own."""
+    parts = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part]
+    folder = handlers_dir()
+    if folder is not None and str(folder) not in parts:
+        parts.insert(0, str(folder))
+    return os.pathsep.join(parts)
 
 
 def path() -> Path:

@@ -20,6 +20,7 @@ from service.stores import keys
 from service.stores.keys import HISTORY_LENGTH, HISTORY_TTL_MS
 from service.stores.keys import connection as key
 from service.stores.outbox import EMIT, Outbox
+from service.stores.replication import PRIMARY_ONLY, Replication, execute
 
 # KEYS: the connection, its history, the lifecycle stream, the company's connections, company
 # names. ARGV: status, at (ms), companyId, connectionId, eventType, now (ms), authoritative ("1":
@@ -153,9 +154,10 @@ class Applied(NamedTuple):
 
 
 class ConnectionStore:
-    def __init__(self, redis: Redis, outbox: Outbox | None = None) -> None:
+    def __init__(self, redis: Redis, outbox: Outbox | None = None, replication: Replication = PRIMARY_ONLY) -> None:
         self._redis = redis
         self._outbox = outbox or Outbox()
+        self._replication = replication
         self._apply = redis.register_script(_APPLY)
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
@@ -214,8 +216,17 @@ class ConnectionStore:
 
     async def claim_initial_sync(self, connection_id: str, owner: str, lease_ms: int) -> str:
         """ "claimed", "in_doubt" (call outcome unknown: look first), "orphaned" (in doubt, and
-        not Linked now), "busy", "done", "not_first_linked" or "not_linked"."""
-        return _text(await self._claim(keys=[key(connection_id)], args=[owner, now_ms(), lease_ms]))
+        not Linked now), "busy", "done", "not_first_linked" or "not_linked".
+
+        A claim taken is on REDIS_MIN_REPLICAS replicas before this returns (the caller calls Codat
+        next, and a claim lost in a failover would let a rerun call again): else NotReplicated, a
+        RedisError, and the job retries."""
+        if not self._replication.replicas:
+            return _text(await self._claim(keys=[key(connection_id)], args=[owner, now_ms(), lease_ms]))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.eval(_CLAIM, 1, key(connection_id), owner, now_ms(), lease_ms)
+        (outcome,) = await execute(self._redis, pipe, self._replication)
+        return _text(outcome)
 
     async def settle_initial_sync(self, connection_id: str, owner: str, **details: Any) -> bool:
         """Mark it requested, if the claim is still `owner`'s; `details` go into the lifecycle

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix, job_key_prefix
 
-from service.core.config import DEDUP_TTL_SECONDS
+from service.core.config import JOB_TTL_SECONDS
 
 # arq's
 QUEUE_NAME = default_queue_name
@@ -21,13 +21,13 @@ IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 # it queues, so that waiting workers start at once instead of at their next poll.
 QUEUE_WAKE = QUEUE_NAME + ":wake"
 
-# The one job: its arq function name, and how long a job waits to be started. The job outlives
-# the dedup record's horizon, so workers that are down for a day lose nothing (arq's default
-# would drop a job not started within 24 hours).
+# The one job: its arq function name, and how long a job waits to be started: 7 days, so workers
+# that are down for a day lose nothing (arq's default would drop a job not started within 24 hours).
+# The dedup record is kept longer (Settings.dedup_ttl_seconds, 15 days): the job is not.
 PROCESS_EVENT = "process_event"
 # The check, minutes after a first link, that the pulls Codat queues by itself did start.
 CHECK_INITIAL_PULLS = "check_initial_pulls"
-JOB_TTL_MS = DEDUP_TTL_SECONDS * 1000
+JOB_TTL_MS = JOB_TTL_SECONDS * 1000  # not the dedup horizon (config.DEDUP_TTL_SECONDS): jobs stay 7 days
 # Tries of any kind (crashes, deferrals, retries) before a job becomes a dead letter. arq's own
 # max_tries is one higher, so that the job's policy (workers.jobs), not arq, has the last word.
 MAX_TRIES = 12
@@ -54,10 +54,10 @@ HANDLERS_GROUP = "codat-handlers"  # the consumer group that turns the stream in
 HANDLED_PREFIX = "codat:handled:"  # + handler name + ":" + event id: queued once, ever
 # Bounds of what the ops console reads (service.stores.history): per connection the last
 # HISTORY_LENGTH state changes for HISTORY_TTL after the last one; per delivery a trace kept as
-# long as its dedup record.
+# long as its job would be (7 days; the dedup record outlives it).
 HISTORY_LENGTH = 20
 HISTORY_TTL_MS = 30 * 24 * 3600 * 1000
-TRACE_TTL_SECONDS = DEDUP_TTL_SECONDS
+TRACE_TTL_SECONDS = JOB_TTL_SECONDS
 # The console's last-hour chart (service.stores.activity): one small hash per minute of what
 # the jobs did, each kept ACTIVITY_TTL_SECONDS from the start of its minute.
 ACTIVITY_TTL_SECONDS = 2 * 3600
@@ -167,3 +167,27 @@ def revoked_session(nonce: str) -> str:
 # the calling connection wrote, and a duplicate writes nothing, so without this write a 200 could
 # go out while the original (written by another connection) is still on the primary alone.
 REPLICATION_BARRIER = "codat:intake:barrier"
+
+
+# --- issue 23: delivery health (service.stores.delivery_health, service.stores.gaps) --------------
+# The time (ms) of the last delivery answered 2xx, per family (connection, sync, other): a hash
+# written by the web processes at most once a second each (max wins), read at every scrape.
+LAST_ACCEPTED = "codat:deliveries:last-accepted"
+# The last moment (ms) any web process was known up: refreshed every few seconds by each. A web
+# that starts and finds it old records the time nobody was there to answer as a gap.
+WEB_ALIVE_AT = "codat:web:alive-at"
+# The Linked connections counted by the workers' delivery watch, and when: {count, at} (JSON).
+LINKED_CONNECTIONS = "codat:watch:linked-connections"
+# The consumer watch's last report (JSON: checkedAt, url, consumers, problems).
+CONSUMER_REPORT = "codat:watch:consumers"
+# One delivery-watch run per interval across all workers: held for the interval (SET NX PX).
+WATCH_DUE = "codat:watch:due"
+# The intervals deliveries could not be taken: id -> JSON, and the ids by start time (ms).
+GAPS = "codat:gaps"
+GAPS_BY_START = "codat:gaps:by-start"
+
+
+def reconcile_listed(run_id: str) -> str:
+    """The company ids a reconcile run listed (workers.reconcile): held companies it did not list
+    are checked with Codat at the run's end."""
+    return f"codat:reconcile:listed:{run_id}"

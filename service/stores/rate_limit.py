@@ -62,14 +62,24 @@ class RateLimits:
         return int(until) if until is not None and int(until) > now_ms() else None
 
     async def pause(
-        self, until_ms: int, occurred_at: str | None = None, daily_quota: object = None, event_at_ms: int | None = None
+        self,
+        until_ms: int,
+        occurred_at: str | None = None,
+        daily_quota: object = None,
+        event_at_ms: int | None = None,
+        *,
+        webhook_id: str | None = None,
+        codat_event_type: str | None = None,
     ) -> bool:
-        """Pause every Codat call until `until_ms`; True if that moved the pause (and told so)."""
+        """Pause every Codat call until `until_ms`; True if that moved the pause (and told so).
+        `webhook_id`, `codat_event_type`: the delivery behind it, named in rate_limit.paused."""
         fields = {
             "companyId": "",  # the whole Codat client, no one company
             "pausedUntil": iso(until_ms),
             "occurredAt": occurred_at or iso(now_ms()),
             "dailyQuota": daily_quota,
+            "webhookId": webhook_id,
+            "codatEventType": codat_event_type,
         }
         fields = {k: v for k, v in fields.items() if v is not None}
         args = [until_ms, now_ms(), orjson.dumps(fields), *self._outbox.args(), event_at_ms or now_ms()]
@@ -79,10 +89,21 @@ class RateLimits:
     async def remember_deferred(self, job_id: str) -> None:
         await self._redis.sadd(RATE_LIMIT_DEFERRED, job_id)
 
-    async def resume(self, occurred_at: str | None = None, event_at_ms: int | None = None) -> int:
-        """Lift the pause (telling so if there was one) and make every job it deferred due now;
-        how many were woken."""
-        fields = orjson.dumps({"companyId": "", "occurredAt": occurred_at or iso(now_ms())})
+    async def resume(
+        self,
+        occurred_at: str | None = None,
+        event_at_ms: int | None = None,
+        *,
+        webhook_id: str | None = None,
+        codat_event_type: str | None = None,
+    ) -> int:
+        """Lift the pause (telling so, with the delivery behind it, if there was one) and make
+        every job it deferred due now; how many were woken."""
+        named = {"webhookId": webhook_id, "codatEventType": codat_event_type}
+        fields = orjson.dumps(
+            {"companyId": "", "occurredAt": occurred_at or iso(now_ms())}
+            | {k: v for k, v in named.items() if v is not None}
+        )
         names = [RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream, RATE_LIMIT_LAST_EVENT_AT]
         await self._resume(keys=names, args=[fields, *self._outbox.args(), event_at_ms or now_ms()])
         job_ids = await self._redis.smembers(RATE_LIMIT_DEFERRED)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +21,8 @@ from service.core.logs import Masker
 from service.stores.client import connect
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
+from service.stores.delivery_health import DeliveryMarks
+from service.stores.gaps import GapStore
 from service.stores.intake import Intake
 from service.stores.lifecycle import LifecycleStream
 from service.stores.reconcile import ReconcileStore
@@ -42,7 +46,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         legacy_authorization=settings.webhook_auth,
         tolerance_seconds=settings.tolerance_seconds,
     )
-    webhooks = WebhookEndpoint(verifier, Intake(redis, Replication.of(settings)))
+    marks = DeliveryMarks(redis, GapStore(redis), f"{socket.gethostname()}:{os.getpid()}")
+    intake = Intake(redis, Replication.of(settings), dedup_ttl_seconds=settings.dedup_ttl_seconds)
+    webhooks = WebhookEndpoint(verifier, intake, marks)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -59,14 +65,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # What is loaded by now lives as long as the process: keep it out of the collector's
         # full passes, which otherwise walk every module object on each one.
         gc.freeze()
+        marks.start()  # records the time no web was running, then the last 2xx per family
         yield
+        await marks.stop()
         await redis.aclose()
 
     routes = [
         Route("/webhooks/codat", webhooks, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint(redis)),
+        Route("/metrics", metrics_endpoint(redis, settings.silence_alert_seconds)),
     ]
     if settings.ops_token:  # unset: the /ops routes do not exist (404)
         guesses = WrongGuesses()  # one pace for wrong tokens, bearer and console login alike

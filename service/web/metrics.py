@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.stores import keys
+from service.stores import delivery_health, keys
+from service.stores.gaps import GapStore
 
 # Web
 DELIVERIES = Counter(
@@ -78,6 +79,49 @@ class ServiceState(Collector):
 STATE = ServiceState()
 REGISTRY.register(STATE)
 
+# Is Codat delivering? (issue 23; service.stores.delivery_health). Read from Redis at each scrape
+# like the above, and absent likewise while Redis is away; a family never delivered has no series.
+CONSUMER_PROBLEMS = ("missing", "disabled", "lacking_event_types", "duplicated")
+DELIVERY_HEALTH = {
+    "codat_webhook_last_accepted_timestamp_seconds": (
+        "When a delivery of this family (connection, sync, other) was last answered 2xx.",
+        ["family"],
+    ),
+    "codat_linked_connections": ("Connections whose reconciled status is Linked (counted by the delivery watch).", []),
+    "codat_webhook_consumer_problem": (
+        "1 while the consumer watch finds this problem with this service's Codat webhook consumer (missing, "
+        "disabled, lacking_event_types, duplicated); absent without PUBLIC_WEBHOOK_URL or before the first check.",
+        ["problem"],
+    ),
+    "codat_webhook_consumer_checked_timestamp_seconds": ("When the consumer watch last read Codat's consumers.", []),
+    "codat_delivery_gaps_uncovered": (
+        "Gaps in the last 14 days that Codat's retries do not cover: replay from the Portal (codat-webhooks gaps).",
+        [],
+    ),
+}
+SILENCE_THRESHOLD = Gauge(
+    "codat_webhook_silence_threshold_seconds", "SILENCE_ALERT_SECONDS: how long without a delivery is silence."
+)
+
+
+class DeliveryHealth(Collector):
+    def __init__(self) -> None:
+        self.values: dict[str, list[tuple[list[str], float]]] | None = None
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        values = self.values or {}
+        families = []
+        for name, (help, labels) in DELIVERY_HEALTH.items():
+            family = GaugeMetricFamily(name, help, labels=labels)
+            for label_values, value in values.get(name, []):
+                family.add_metric(label_values, value)
+            families.append(family)
+        return families
+
+
+HEALTH = DeliveryHealth()
+REGISTRY.register(HEALTH)
+
 _delivery_counters: dict[tuple[str, str, str], Any] = {}
 
 
@@ -112,13 +156,40 @@ async def read_service_state(redis: Redis) -> None:
     }
 
 
-def metrics_endpoint(redis: Redis) -> Any:
+async def read_delivery_health(redis: Redis, silence_seconds: int) -> None:
+    now = int(time.time() * 1000)
+    health = await delivery_health.snapshot(redis, silence_seconds * 1000, now=now)
+    gaps = await GapStore(redis).list(limit=500, now=now)
+    horizon = now - 14 * 24 * 3600 * 1000
+    values: dict[str, list[tuple[list[str], float]]] = {
+        "codat_webhook_last_accepted_timestamp_seconds": [
+            ([family], at / 1000) for family, at in sorted(health["lastAccepted"].items())
+        ],
+        "codat_delivery_gaps_uncovered": [
+            ([], sum(1 for g in gaps if not g["coveredByRetries"] and (g["end"] or now) >= horizon))
+        ],
+    }
+    if health["linked"] is not None:
+        values["codat_linked_connections"] = [([], health["linked"]["count"])]
+    report = health["consumer"]
+    if report and report.get("url"):
+        found = {problem["kind"] for problem in report.get("problems", [])}
+        values["codat_webhook_consumer_problem"] = [([p], 1 if p in found else 0) for p in CONSUMER_PROBLEMS]
+        values["codat_webhook_consumer_checked_timestamp_seconds"] = [([], report["checkedAt"] / 1000)]
+    HEALTH.values = values
+
+
+def metrics_endpoint(redis: Redis, silence_seconds: int = 12 * 3600) -> Any:
+    SILENCE_THRESHOLD.set(silence_seconds)
+
     async def metrics(request: Request) -> Response:
         try:
             await read_service_state(redis)
+            await read_delivery_health(redis, silence_seconds)
             REDIS_UP.set(1)
         except (RedisError, OSError):
             STATE.values = None  # absent, not stale: see SERVICE_STATE
+            HEALTH.values = None
             REDIS_UP.set(0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,7 +1,8 @@
 """POST /webhooks/codat: read, verify, parse, dedup + enqueue, answer. Never calls Codat.
 
 Status codes (README, "The contract"): 202 new, 200 duplicate, 400 malformed body, 401 failed verification,
-413 body too large, 503 + Retry-After when the queue cannot be written.
+413 body too large, 503 + Retry-After when the queue cannot be written (or, with REDIS_MIN_REPLICAS,
+not confirmed by that many replicas in time: service.stores.replication).
 
 This route is a plain ASGI app, which Starlette routes like any other (its Route still answers
 405 to other methods). It is the one hot path: bursts of thousands of deliveries come through
@@ -20,8 +21,10 @@ from starlette.types import Receive, Scope, Send
 
 from service.core import events
 from service.core.config import MAX_BODY_BYTES
+from service.stores.delivery_health import DeliveryMarks
 from service.stores.intake import Intake
 from service.stores.keys import Unqueueable
+from service.stores.replication import NotReplicated
 from service.web.metrics import ACK_SECONDS, count_delivery
 from service.web.verification import Unverified, Verifier
 
@@ -63,9 +66,10 @@ class ClientGone(Exception):
 
 
 class WebhookEndpoint:
-    def __init__(self, verifier: Verifier, intake: Intake) -> None:
+    def __init__(self, verifier: Verifier, intake: Intake, marks: DeliveryMarks | None = None) -> None:
         self._verifier = verifier
         self._intake = intake
+        self._marks = marks  # the last 2xx per family and the 503 intervals, in memory (issue 23)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # No clear_contextvars(): uvicorn runs each request in a task of its own, whose
@@ -108,10 +112,19 @@ class WebhookEndpoint:
             # goes): the body is unusable as sent, so a 400 and nothing written, never a 5xx.
             return self._refuse(MALFORMED, unqueueable.reason)
         except (RedisError, OSError) as exc:
-            log.error("webhook.enqueue_failed", error=type(exc).__name__, retry_after=RETRY_AFTER_SECONDS)
-            count_delivery("unavailable", "redis", type_label)
+            # NotReplicated included: on the primary, not yet on enough replicas, so a failover
+            # could still lose it. Codat's retry is a duplicate, answered 200 once replicated.
+            reason = "not_replicated" if isinstance(exc, NotReplicated) else "redis"
+            log.error(
+                "webhook.enqueue_failed", error=type(exc).__name__, reason=reason, retry_after=RETRY_AFTER_SECONDS
+            )
+            count_delivery("unavailable", reason, type_label)
+            if self._marks is not None:
+                self._marks.unavailable(event.received_at_ms)
             return UNAVAILABLE
         outcome = "accepted" if queued else "duplicate"
+        if self._marks is not None:
+            self._marks.accepted(event.event_type, event.received_at_ms)
         count_delivery(outcome, "", type_label)
         log.info(f"webhook.{outcome}")
         return ACCEPTED if queued else DUPLICATE

@@ -162,6 +162,7 @@ class Stack:
             # The sandbox holds each connection's final status from the start, not as the
             # history unfolds: a reconcile would act on what has not happened yet.
             RECONCILE_INTERVAL_SECONDS="0",
+            WATCH_INTERVAL_SECONDS="0",
             # auto: leave Codat's own first pulls to it, check 2 s later that they started.
             CODAT_INITIAL_SYNC=initial_sync,
             CODAT_INITIAL_PULLS_CHECK_SECONDS="2",

@@ -28,9 +28,10 @@ from starlette.templating import Jinja2Templates
 from service.core.clock import iso, now_ms
 from service.core.config import Settings
 from service.core.logs import Masker
-from service.stores import activity, keys
+from service.stores import activity, delivery_health, keys
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
+from service.stores.gaps import GapStore
 from service.stores.history import HistoryStore
 from service.stores.lifecycle import LifecycleStream
 from service.stores.rate_limit import RateLimits
@@ -63,6 +64,7 @@ PREFIX_MATCHES = 10
 PREFIX_SCAN_COUNT = 1000
 PREFIX_SCAN_CALLS = 50  # so at most ~50,000 keys looked at for one prefix lookup
 REFRESH_SECONDS = 10
+GAPS_SHOWN = 20  # the newest delivery gaps on the overview (`codat-webhooks gaps` lists more)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -216,6 +218,8 @@ class Console:
         self.rate_limits = RateLimits(redis)
         self.lifecycle = LifecycleStream(redis, settings.events_stream)
         self.templates = Jinja2Templates(env=environment(settings.credentials()))
+        self.gaps = GapStore(redis)  # delivery health (issue 23): the overview's cards
+        self.silence_ms = settings.silence_alert_seconds * 1000
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -335,8 +339,11 @@ class Console:
         state = await activity.service_state(self.redis)
         last, running = await self.reconciles.last(), await self.reconciles.current()
         series = await activity.last_hour(self.redis)
+        health = await delivery_health.snapshot(self.redis, self.silence_ms)
         context = {
             "nav": "overview",
+            "health": health,
+            "gaps": await self.gaps.list(GAPS_SHOWN),
             "state": state,
             "reconcile_last": last,
             "reconcile_running": running,
