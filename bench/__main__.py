@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, each figure beside its baseline.
 
     python -m bench                        # all parts
-    python -m bench --parts drain,codat    # some: ingest, ack, drain, codat
+    python -m bench --parts drain,codat    # some: ingest, ack, drain, codat, replicated
     python -m bench --save-baseline        # write this run's figures as bench/baseline.json
 
 - ingest: ceiling / naive / service, closed loop (bench/ingest.py)
@@ -9,6 +9,13 @@
 - drain: 1 and 2 workers empty a backlog, service and floor, Redis on loopback and ~2 ms away
   through a delay proxy (bench/drain.py, bench/proxy.py)
 - codat: webhook -> Codat call latency at a fixed rate, one web, one worker (bench/latency.py)
+- replicated: ack latency at 4,000/s with REDIS_MIN_REPLICAS=1 and one replica on loopback, beside
+  0, one web each on the same primary (bench/replicated.py)
+
+What each event costs the Redis primary is read from the server (bench/redisstats.py): commands
+per event (INFO commandstats, with the commands that take most), round trips per event (INFO
+stats total_reads_processed), Valkey CPU per event (INFO cpu), bytes per queued event (INFO
+memory). bench/README.md has the profile and how to read it.
 
 Every measurement is made `--rounds` times, alternating the variants, and the table gives the
 median with the spread (min-max) beside it: this machine is shared, figures move.
@@ -28,12 +35,18 @@ from typing import Any
 import orjson
 import uvloop
 
-from bench import drain, ingest, latency
+from bench import drain, ingest, latency, replicated
 from bench.stack import Stack
 from sandbox.devmode import signing_secret
 
 BASELINE = Path(__file__).with_name("baseline.json")
-PARTS = ("ingest", "ack", "drain", "codat")
+PARTS = ("ingest", "ack", "drain", "codat", "replicated")
+# Redis cost columns, in every table that has them (bench/redisstats.py)
+SERVER_COLUMNS = [
+    ("redis_cmds", "Redis cmds/event", ".1f"),
+    ("redis_rtts", "Redis round trips/event", ".2f"),
+    ("valkey_cpu_us", "Valkey CPU us/event", ".0f"),
+]
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -45,7 +58,16 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         elif isinstance(values[0], int | float):
             out[key] = statistics.median(values)
             out[key + "_spread"] = [min(values), max(values)]
+        elif isinstance(values[0], str):
+            out[key] = values[-1]
     return out
+
+
+def tops(rows: dict[str, dict[str, Any]]) -> None:
+    """The commands that take most, per event, per row (last round)."""
+    for name, row in rows.items():
+        if row.get("top"):
+            print(f"  {name}: {row['top']}")
 
 
 def cell(value: float | None, base: float | None, fmt: str) -> str:
@@ -76,6 +98,7 @@ def main() -> int:
     parser.add_argument("--max-drain-seconds", type=float, default=20.0, help="drain: rate taken over this at most")
     parser.add_argument("--codat-rate", type=int, default=200)
     parser.add_argument("--delay-ms", type=float, default=1.0, help="proxy delay, each direction")
+    parser.add_argument("--replicated-rate", type=int, default=4000, help="replicated: deliveries/s offered")
     parser.add_argument("--save-baseline", action="store_true")
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
@@ -112,6 +135,9 @@ def main() -> int:
                         print(f"round {number + 1} codat {name}: {result}", file=sys.stderr)
         finally:
             stack.stop()
+    if "replicated" in parts:
+        for name, samples in replicated.measure(args.replicated_rate, args.seconds, args.rounds).items():
+            runs["replicated"][name] = samples
     for part, by_name in runs.items():
         results[part] = {name: median_of(samples) for name, samples in by_name.items()}
     for one, two in (("service, 1 worker", "service, 2 workers"), ("floor, 1 worker", "floor, 2 workers")):
@@ -137,9 +163,13 @@ def main() -> int:
                 ("p50", "p50 ms", ".2f"),
                 ("p99", "p99 ms", ".2f"),
                 ("vs_naive", "vs naive", ".2f"),
+                ("vs_ceiling", "vs bare", ".2f"),
                 ("cpu_us", "web CPU us/req", ".0f"),
+                *SERVER_COLUMNS,
+                ("redis_bytes_per_event", "Redis B/queued event", ".0f"),
             ],
         )
+        tops(results["ingest"])
     if "ack" in results:
         table(
             f"ack latency, open loop, one web, Redis on loopback ({args.seconds:g} s a rate)",
@@ -152,8 +182,10 @@ def main() -> int:
                 ("cpu_us", "web CPU us/delivery", ".0f"),
                 ("rss_mb", "web RSS MB", ".0f"),
                 ("redis_bytes_per_event", "Redis B/queued event", ".0f"),
+                *SERVER_COLUMNS,
             ],
         )
+        tops(results["ack"])
     if "drain" in results:
         table(
             f"worker drain of a {args.backlog:,}-event backlog (20% first links, 80% read.completed)",
@@ -163,8 +195,10 @@ def main() -> int:
                 ("rate", "events/s", ",.0f"),
                 ("vs_one", "vs 1 worker", ".2f"),
                 ("cpu_us", "worker CPU us/event", ".0f"),
+                *SERVER_COLUMNS,
             ],
         )
+        tops(results["drain"])
     if "codat" in results:
         table(
             "webhook -> Codat call (data/all), open loop, one web, one worker",
@@ -177,6 +211,20 @@ def main() -> int:
                 ("idle_cpu_pct", "idle worker CPU %", ".1f"),
             ],
         )
+    if "replicated" in results:
+        table(
+            f"ack latency, open loop, one web, one replica on loopback ({args.seconds:g} s a round)",
+            results["replicated"],
+            base.get("replicated", {}),
+            [
+                ("p50", "p50 ms", ".2f"),
+                ("p99", "p99 ms", ".2f"),
+                ("p999", "p99.9 ms", ".2f"),
+                ("cpu_us", "web CPU us/delivery", ".0f"),
+                *SERVER_COLUMNS,
+            ],
+        )
+        tops(results["replicated"])
     if args.save_baseline:
         merged = {**base, **results}
         note = input_note()

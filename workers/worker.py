@@ -30,6 +30,16 @@ each job runs through arq's `run_job`. Three hooks are missing, so this subclass
   Jobs that were running keep their in-progress keys, so any that could not finish run again
   once the key expires, which the jobs are written to tolerate.
 
+- **Batch start and finish.** arq opens each job with a MULTI of its own (GET the job, INCR and
+  EXPIRE the retry counter) and closes it with another (DEL the in-progress, retry and job keys,
+  ZREM from the queue and the abort set, SET the result): ten commands and two round trips a
+  job. Here the claim starts the jobs it takes in the same script call (jobqueue.claim_and_start:
+  arq's `run_job` is handed what its MULTI would have read), and the ends of jobs that finish
+  while a finish is being written go together in the next call (jobqueue.finish_batch: one DEL
+  and two ZREMs for the batch; group commit, as the intake does). A job still waits for its own
+  end to be written before its task ends, so shutdown and a killed worker are as before: a job
+  whose end was not written runs again once its in-progress key expires.
+
 And per job, less CPU: the worker's loop is uvloop; the pool packs commands with hiredis, as
 the web's client does (service.stores.client); arq's own "→ job started" / "← job done" info
 lines are dropped, because `event.processed` says the same (route, outcome, ids) once.
@@ -38,13 +48,15 @@ lines are dropped, because `event.processed` says the same (route, outcome, ids)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import uvloop
-from arq.utils import timestamp_ms
+from arq.connections import ArqRedis
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
 from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer
@@ -65,6 +77,56 @@ OUTAGE_BACKOFF_MAX_SECONDS = 5.0
 CLAIM_SCAN = 1000
 # One wait for a wake message, shorter than the pool's read timeout (workers.redis_settings).
 LISTEN_SECONDS = 1.0
+# Job ends written in one script call, at most (the call blocks Redis while it runs).
+MAX_FINISH_BATCH = 256
+
+# Set in a job's task only, until arq's `run_job` opens its first pipeline: what the claim
+# already read for it (jobqueue.claim_and_start).
+_STARTED: contextvars.ContextVar[jobqueue.Claimed | None] = contextvars.ContextVar("started", default=None)
+
+
+class _StartedPipeline:
+    """Stands in for the MULTI arq's `run_job` opens with (GET job, INCR + EXPIRE retry
+    counter[, ZREM abort]): the claim script did those, and this answers with what it read."""
+
+    def __init__(self, claimed: jobqueue.Claimed) -> None:
+        self._claimed = claimed
+        self._abort = False
+
+    async def __aenter__(self) -> _StartedPipeline:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    def get(self, *_: Any) -> None:
+        return None
+
+    def incr(self, *_: Any) -> None:
+        return None
+
+    def expire(self, *_: Any) -> None:
+        return None
+
+    def zrem(self, *_: Any) -> None:
+        self._abort = True  # only with allow_abort_jobs, which never starts jobs this way
+
+    async def execute(self) -> list[Any]:
+        return [self._claimed.job, self._claimed.job_try, True] + ([0] if self._abort else [])
+
+
+class _StartingPool:
+    """The pool, for the one access `run_job` makes before its first pipeline."""
+
+    def __init__(self, pool: ArqRedis, claimed: jobqueue.Claimed) -> None:
+        self._pool = pool
+        self._claimed = claimed
+
+    def pipeline(self, transaction: bool = True) -> _StartedPipeline:
+        return _StartedPipeline(self._claimed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 def _not_per_job_lines(record: logging.LogRecord) -> bool:
@@ -109,6 +171,16 @@ class ResilientWorker(Worker):
         # The last claim filled every free slot: more may be due, so a slot coming free wakes.
         self._saturated = False
         self._watch: PrimaryWatch | None = None
+        self._finishes: list[tuple[jobqueue.Finish, asyncio.Future[None]]] = []
+        self._finisher: asyncio.Task[None] | None = None
+
+    @property  # type: ignore[override]
+    def pool(self) -> ArqRedis:
+        claimed = _STARTED.get()
+        if claimed is not None:  # a job's task, at `run_job`'s first line: once
+            _STARTED.set(None)
+            return cast(ArqRedis, _StartingPool(cast(ArqRedis, self._pool), claimed))
+        return cast(ArqRedis, self._pool)
 
     async def main(self) -> None:
         if self._pool is None and self.redis_settings.sentinel:
@@ -150,7 +222,7 @@ class ResilientWorker(Worker):
         if self.burst and self.max_burst_jobs >= 0:
             free = min(free, self.max_burst_jobs - self._jobs_started())
         if self.allow_pick_jobs and free > 0:
-            claimed, self._next_due_ms = await jobqueue.claim_due(
+            args = (
                 self.pool,
                 timestamp_ms(),
                 free,
@@ -158,11 +230,24 @@ class ResilientWorker(Worker):
                 CLAIM_SCAN,
                 self.queue_name,
             )
-            self._saturated = len(claimed) == free
-            for job_id, score in claimed:
+            started: list[jobqueue.Claimed | tuple[str, int]]
+            if self.allow_abort_jobs:  # arq's run_job then reads the abort set itself
+                due, self._next_due_ms = await jobqueue.claim_due(*args)
+                started = list(due)
+            else:
+                claimed, self._next_due_ms = await jobqueue.claim_and_start(*args)
+                started = list(claimed)
+            self._saturated = len(started) == free
+            for job in started:
                 await self.sem.acquire()  # never waits: a slot is free (job_counter < max_jobs)
                 self.job_counter += 1
-                task = self.loop.create_task(self.run_job(job_id, score))
+                context = contextvars.copy_context()
+                if isinstance(job, jobqueue.Claimed):
+                    job_id, score = job.job_id, job.score
+                    context.run(_STARTED.set, job)
+                else:
+                    job_id, score = job
+                task = self.loop.create_task(self.run_job(job_id, score), context=context)
                 task.add_done_callback(self._job_done)
                 self.tasks[job_id] = task
 
@@ -175,6 +260,45 @@ class ResilientWorker(Worker):
                 task.result()  # as arq: an error in run_job surfaces here
 
         await self.heart_beat()
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's, with the write joining the next batch (jobqueue.finish_batch); returns once it
+        is written, and raises what the write raised."""
+        if keep_in_progress is not None:  # a cron job keeps its in-progress key a while: arq's
+            await super().finish_job(
+                job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
+            )
+            return
+        ttl = None if keep_result_forever else to_ms(result_timeout_s)
+        end = jobqueue.Finish(job_id, finish, result_data or None, ttl, incr_score)
+        written: asyncio.Future[None] = self.loop.create_future()
+        self._finishes.append((end, written))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = self.loop.create_task(self._finish_batches(), context=contextvars.Context())
+        await written
+
+    async def _finish_batches(self) -> None:
+        while self._finishes:
+            batch, self._finishes = self._finishes[:MAX_FINISH_BATCH], self._finishes[MAX_FINISH_BATCH:]
+            try:
+                await jobqueue.finish_batch(cast(ArqRedis, self._pool), [end for end, _ in batch], self.queue_name)
+            except Exception as exc:  # as arq's MULTI failing: each job's run_job raises it
+                for _, written in batch:
+                    if not written.done():
+                        written.set_exception(exc)
+            else:
+                for _, written in batch:
+                    if not written.done():
+                        written.set_result(None)
 
     def _job_done(self, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()

