@@ -51,8 +51,10 @@ lint: $(STAMP)
 demo: $(RUN_STAMP)
 	$(BIN)/codat-webhooks demo
 
-# Every benchmark in one run, each figure beside bench/baseline.json (~6 min); BENCH_ARGS picks
-# parts, e.g. BENCH_ARGS='--parts drain,codat'. python -m bench.ingest is the ingest table alone.
+# Every benchmark in one run, each figure beside bench/baseline.json (~8 min), the replicated
+# variant (REDIS_MIN_REPLICAS=1, one replica on loopback) included, each table with Redis
+# commands, round trips and Valkey CPU per event (bench/README.md); BENCH_ARGS picks parts, e.g.
+# BENCH_ARGS='--parts drain,codat'. python -m bench.ingest is the ingest table alone.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
@@ -71,7 +73,7 @@ failover: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m tests.sandbox_schema --examples 500
 
-# The README's screenshots of the ops console (docs/), taken by its browser test against the
+# The screenshots of the ops console (docs/, shown in docs/operator/console.md), taken by its browser test against the
 # sandbox: needs a chromium (apt-get install chromium).
 screenshots: $(STAMP)
 	CONSOLE_SCREENSHOTS=docs CONSOLE_BROWSER_REQUIRED=1 $(BIN)/pytest tests/test_console_browser.py -q

@@ -51,14 +51,16 @@ def _dev_stack() -> Check:
 
 
 def _settings(env: Mapping[str, str]) -> list[Check]:
+    """Would each process start on these settings? What each requires is declared with the
+    setting (service.core.config: `required`), as the processes themselves read it."""
     found = []
-    for process, require_secrets, extra in (("web", True, ""), ("worker", False, "CODAT_API_KEY")):
+    for process in ("web", "worker"):
         try:
-            Settings.from_env(env, require_secrets=require_secrets)
-            if extra and not env.get(extra):
-                raise ConfigError(f"{extra} is not set")
+            settings = Settings.from_env(env, require_secrets=process == "web")
+            if unset := settings.unset_for(process):
+                raise ConfigError(f"{unset.env} is not set")
             redisurl.parse(env.get("REDIS_URL", ""))
-            module = (env.get("CODAT_HANDLERS") or "").strip()
+            module = settings.handlers
             if process == "worker" and module and (refusal := handlers_refusal(module, env)):
                 raise ConfigError(refusal)
         except (ConfigError, redisurl.RedisUrlError) as exc:
@@ -150,7 +152,7 @@ async def _read_redis(url: str) -> tuple[int, int, bool]:
 
 
 def _web(env: Mapping[str, str]) -> Check:
-    base = f"http://127.0.0.1:{env.get('PORT') or '8000'}"
+    base = f"http://127.0.0.1:{env.get('PORT') or Settings.port}"
     try:
         health = httpx.get(f"{base}/healthz", timeout=2)
         ready = httpx.get(f"{base}/readyz", timeout=5)

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from workers.handlers import on
+from workers.api import on
 
 
 def _record(handler: str, event: dict[str, Any]) -> None:

@@ -26,8 +26,8 @@ from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.history import HistoryStore
 from service.stores.syncs import SyncStore
+from service.web.auth import SESSION_SECONDS, Access
 from service.web.console import chart
-from service.web.console.auth import SESSION_SECONDS, Access
 from tests.console_support import BASE, Console, csrf_of, logged_in, run, set_cookies, text_of
 from tests.support import (
     LEGACY_AUTH,
@@ -545,7 +545,7 @@ def test_chart_geometry() -> None:
 
 
 def test_memory_cost_of_the_history_and_the_traces(store: redis.Redis, valkey: ValkeyServer) -> None:
-    """The figures the README gives: a full connection history, a delivery trace, a minute of
+    """The figures docs/operator/console.md gives: a full connection history, a delivery trace, a minute of
     activity, measured with MEMORY USAGE."""
     company, connection = ids()
 
@@ -586,7 +586,7 @@ def test_memory_cost_of_the_history_and_the_traces(store: redis.Redis, valkey: V
     [minute] = store.keys("codat:activity:*")
     minute_bytes = store.memory_usage(minute, samples=0)
     print(f"\nhistory of {keys.HISTORY_LENGTH}: {history_bytes} B; trace: {trace_bytes} B; minute: {minute_bytes} B")
-    # README "Ops console" states these; the bounds keep them from growing past it
+    # docs/operator/console.md states these; the bounds keep them from growing past it
     assert history_bytes < 8_000 and trace_bytes < 600 and minute_bytes < 400
 
 

@@ -4,7 +4,7 @@ playing Codat and delivering its webhooks to the web process.
 
 Without a chromium (or without Playwright) this module is skipped, except where
 CONSOLE_BROWSER_REQUIRED=1 (.ci/run sets it): there it fails. CONSOLE_SCREENSHOTS=DIR writes the
-README's screenshots (`make screenshots`: docs/)."""
+docs/operator/console.md's screenshots (`make screenshots`: docs/)."""
 
 from __future__ import annotations
 

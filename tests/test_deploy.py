@@ -161,12 +161,12 @@ def test_the_daily_quota_alert_reads_codat_s_own_figures() -> None:
     # a metric alert only (no log line carries the quota): it must read what workers export
     rule = rules(DEPLOY / "prometheus" / "alerts.yml")["CodatDailyQuotaLow"]
     assert 'codat_api_quota{figure="remaining"}' in rule["expr"] and 'figure="limit"' in rule["expr"]
-    assert "CodatDailyQuotaLow" in (ROOT / "README.md").read_text()
+    assert "CodatDailyQuotaLow" in (ROOT / "docs" / "operator" / "alerts.md").read_text()
 
 
 @pytest.mark.parametrize("alert", ALERTS)
 def test_readme_catalogue_names_each_alert(alert: str) -> None:
-    assert alert in (ROOT / "README.md").read_text()
+    assert alert in (ROOT / "docs" / "operator" / "logs.md").read_text()  # the log-event catalogue
 
 
 # --- what an operator needs beyond the manifests above -----------------------------------------

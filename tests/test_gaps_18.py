@@ -268,8 +268,8 @@ async def test_the_handler_dispatcher_logs_what_it_cannot_read_and_goes_on(
 
     registry = {"connection.linked": {"tests.noted": noted}}
     async with built(valkey, sandbox.url) as (deps, client):
-        ctx = {"redis": deps.queue, "deps": deps}
-        task = asyncio.create_task(handlers.Dispatcher(ctx, registry, "test-consumer").run())
+        dispatcher = handlers.Dispatcher(deps.queue, deps.settings.events_stream, registry, "test-consumer")
+        task = asyncio.create_task(dispatcher.run())
         try:
 
             async def group_made() -> bool:

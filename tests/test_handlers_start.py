@@ -150,8 +150,7 @@ def test_status_checks_the_module_as_the_worker_would(tmp_path: Path, valkey: Va
 
 
 def test_the_readme_example_is_a_module_the_worker_takes(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Lifecycle events", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "integrator" / "handlers.md").read_text()
     assert "`handlers/` folder at the checkout's root" in section
     code = section.split("Write `handlers/myhandlers.py`:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     (handlers_folder(tmp_path, code.replace("...", "pass")) / "__init__.py").unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""The layers (README "Layout"): what runs in production never loads the sandbox or dev tooling,
+"""The layers (docs/maintainer/design.md): what runs in production never loads the sandbox or dev tooling,
 and import-linter's contracts in pyproject.toml hold (a forbidden import fails them)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Lifecycle events (README "Lifecycle events"): each appears exactly when its state change does,
+"""Lifecycle events (docs/integrator/lifecycle-events.md): each appears exactly when its state change does,
 once; stale, duplicate and replayed deliveries emit nothing; the outbox is atomic with the
-change; the README's consumer sees each once across two consumers and takes over a dead one's;
+change; the docs' consumer sees each once across two consumers and takes over a dead one's;
 CODAT_HANDLERS functions run once each, and a failing one is retried, dead-lettered and replayed
 on its own. Real Valkey, web, arq workers and the sandbox."""
 
@@ -137,8 +137,7 @@ def test_the_outbox_and_the_state_change_are_one(
 
 
 def consumer_code() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Lifecycle events") :]
+    section = (ROOT / "docs" / "integrator" / "lifecycle-events.md").read_text()
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
 
 

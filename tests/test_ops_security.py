@@ -29,7 +29,7 @@ from service.stores import keys
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.history import HistoryStore
-from service.web.console.views import company_href
+from service.web.console.filters import company_href
 from service.web.guessing import WrongGuesses
 from tests.console_support import BASE, Console, csrf_of, logged_in, run, text_of
 from tests.support import (

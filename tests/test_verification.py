@@ -57,7 +57,7 @@ def test_signature_for_another_id_does_not_verify() -> None:
     assert raised.value.reason == "bad_signature"
 
 
-# --- signing secrets: the rules the README states ------------------------------------------------
+# --- signing secrets: the rules docs/operator/configure.md states ------------------------------------------------
 
 KEY = b"k" * 32
 PADDED = base64.b64encode(KEY).decode()  # ends in "="

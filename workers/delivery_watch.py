@@ -1,4 +1,4 @@
-"""Know when Codat stops delivering (issue 23; README, "Delivery health"): an arq cron job, one
+"""Know when Codat stops delivering (issue 23; docs/operator/delivery-health.md): an arq cron job, one
 run per WATCH_INTERVAL_SECONDS across all workers, that
 
 - counts the Linked connections (silence only means something while there are some) and logs
@@ -29,10 +29,10 @@ from service.core.clock import iso, now_ms
 from service.stores import delivery_health, keys
 from service.stores.gaps import GapStore
 from workers.codat import CodatClient, CodatError
-from workers.deps import deps_of
+from workers.job import Job
 from workers.rate_limit import Paused
 
-log = structlog.get_logger("workers.delivery_watch")
+log = structlog.get_logger(__name__)
 
 # What the workers act on: the connection, sync and rate-limit types, as Codat's consumers name
 # them (the legacy rule-based names arrive through Codat's older rules, not through a consumer).
@@ -42,19 +42,20 @@ _said_not_configured = False
 
 async def delivery_watch_tick(ctx: dict[str, Any]) -> str:
     """arq cron: a run when one is due (one per interval across all workers), else nothing."""
+    job = Job.of(ctx)
     try:
-        return await _tick(ctx)
+        return await _tick(job)
     finally:
         # arq keeps a cron job's in-progress key for 60 s after it ended (keep_cronjob_progress), so
         # that no worker runs the same tick twice; WATCH_DUE does that here already, and a key left
         # would make a queue with nothing to do look busy for a minute after every tick.
-        if ctx.get("job_id"):
-            await ctx["redis"].delete(keys.IN_PROGRESS_KEY_PREFIX + ctx["job_id"])
+        if job.id:
+            await job.redis.delete(keys.IN_PROGRESS_KEY_PREFIX + job.id)
 
 
-async def _tick(ctx: dict[str, Any]) -> str:
-    deps = deps_of(ctx)
-    settings, redis = deps.settings, ctx["redis"]
+async def _tick(job: Job) -> str:
+    deps = job.deps
+    settings, redis = deps.settings, job.redis
     interval_ms = settings.watch_interval_seconds * 1000
     if not interval_ms:
         return "off"

@@ -1,11 +1,10 @@
-"""What a job works with, built once per worker process from Settings (workers.settings) and
-handed to every job as one typed object, `ctx["deps"]`."""
+"""What a job works with, built complete once per worker process from Settings and the handlers
+(workers.settings) and handed to every job as one typed object (workers.job: `Job.deps`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import orjson
 from arq.connections import ArqRedis
@@ -23,6 +22,7 @@ from service.stores.reconcile import ReconcileStore
 from service.stores.replication import Replication
 from service.stores.slots import CompanySlots
 from service.stores.syncs import SyncStore
+from workers.api import Handler
 from workers.codat import CodatClient
 from workers.rate_limit import RateLimitGate
 from workers.sync_settings import FetchOnFirstLink
@@ -52,11 +52,12 @@ class Deps:
     # A job's own budget for its Codat calls, inside arq's job timeout, so that a hung call is
     # retried by the job's policy rather than failed by arq (which would neither retry nor keep it).
     call_budget_seconds: float
-    # The integrator's handlers by name (CODAT_HANDLERS; workers.handlers), set at startup.
-    handlers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
+    # The integrator's handlers by name (CODAT_HANDLERS, loaded by workers.handlers.load).
+    handlers: Mapping[str, Handler]
 
     @classmethod
-    def build(cls, settings: Settings, redis: Redis) -> Deps:
+    def build(cls, settings: Settings, redis: Redis, handlers: Mapping[str, Handler] | None = None) -> Deps:
+        """`handlers`: none for what runs no handler job (the command line's reconcile)."""
         outbox = Outbox(settings.events_stream, settings.events_maxlen)
         rate_limits = RateLimits(redis, outbox)
         call_timeout = 10.0
@@ -89,12 +90,8 @@ class Deps:
             queue=queue,
             lease_ms=(settings.job_timeout_seconds + 10) * 1000,
             call_budget_seconds=settings.job_timeout_seconds - 2,
+            handlers=dict(handlers or {}),
         )
 
     async def aclose(self) -> None:
         await self.codat.aclose()
-
-
-def deps_of(ctx: dict[str, Any]) -> Deps:
-    deps: Deps = ctx["deps"]
-    return deps

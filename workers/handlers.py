@@ -1,9 +1,9 @@
-"""The integrator's own code, called once per lifecycle event (README "Lifecycle events").
+"""The integrator's own code, called once per lifecycle event (docs/integrator/handlers.md).
 
 `CODAT_HANDLERS=package.module` names a module whose functions are registered for event types,
-either with the decorator
+either with the decorator of the integrators' API (workers.api, which is all such a module imports)
 
-    from workers.handlers import on
+    from workers.api import on
 
     @on("connection.linked", "connection.relinked")
     async def mark_onboarded(event: dict) -> None: ...
@@ -20,7 +20,7 @@ backoff and, after CODAT_HANDLER_MAX_TRIES (8), becomes a dead letter of its own
 that handler. A handler never re-runs the state machine or a Codat call, and one that fails or
 is slow holds up nobody else.
 
-Where the module is found (README "Lifecycle events"): on the worker's import path. `make run`
+Where the module is found (docs/integrator/handlers.md): on the worker's import path. `make run`
 puts `handlers/` at the checkout's root on it; the image has /app/handlers on PYTHONPATH, for a
 mounted folder. A module that is missing, fails to import, registers nothing, or names a type
 that is not a lifecycle event type is refused at start (HandlersRefused: the worker's one
@@ -37,39 +37,28 @@ import inspect
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 from arq import Retry
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError, ResponseError
 
 from service.core.catalogue import KNOWN_EVENTS, LIFECYCLE_FROM_CODAT, LIFECYCLE_TYPES
 from service.stores import keys
-from service.stores.keys import ARQ_MAX_TRIES, HANDLERS_GROUP
+from service.stores.keys import ARQ_MAX_TRIES, HANDLERS_GROUP, RUN_HANDLER, handler_job_id
 from service.stores.lifecycle import decode
-from workers.deps import deps_of
+from workers.api import Handler, registered_types
+from workers.api import on as on  # the integrators' import path before workers.api: still works
+from workers.job import Job
 from workers.jobs import backoff_seconds
 from workers.metrics import HANDLER_CALLS, HANDLER_SECONDS
 
-log = structlog.get_logger("workers.handlers")
+log = structlog.get_logger(__name__)
 
-RUN_HANDLER = "run_handler"
 CLAIM_IDLE_MS = 60_000
 SLOW_SECONDS = 5.0
-
-Handler = Callable[[dict[str, Any]], Any]
-
-
-def on(*event_types: str) -> Callable[[Handler], Handler]:
-    """Register the decorated function for these lifecycle event types."""
-
-    def register(function: Handler) -> Handler:
-        function.__codat_event_types__ = (*getattr(function, "__codat_event_types__", ()), *event_types)  # type: ignore[attr-defined]
-        return function
-
-    return register
 
 
 class HandlersRefused(Exception):
@@ -102,7 +91,7 @@ def load(module_name: str) -> dict[str, dict[str, Handler]]:
             found.setdefault(event_type, {})[name] = function
 
     for _, function in inspect.getmembers(module, callable):
-        for event_type in getattr(function, "__codat_event_types__", ()):
+        for event_type in registered_types(function):
             add(event_type, function)
     mapping = getattr(module, "HANDLERS", None) or {}
     if not isinstance(mapping, dict):
@@ -116,7 +105,7 @@ def load(module_name: str) -> dict[str, dict[str, Handler]]:
     if not found:
         raise HandlersRefused(
             f"CODAT_HANDLERS={module_name}: the module registers no handler: decorate a function with "
-            "@on('connection.linked') (from workers.handlers), or give HANDLERS = {'connection.linked': [function]}"
+            "@on('connection.linked') (from workers.api), or give HANDLERS = {'connection.linked': [function]}"
         )
     return found
 
@@ -183,10 +172,10 @@ def by_name(registry: dict[str, dict[str, Handler]]) -> dict[str, Handler]:
 class Dispatcher:
     """Stream -> one handler job per (handler, event), in the handlers' consumer group."""
 
-    def __init__(self, ctx: dict[str, Any], registry: dict[str, dict[str, Handler]], consumer: str) -> None:
-        self._ctx = ctx
-        self._redis = ctx["redis"]
-        self._stream = deps_of(ctx).settings.events_stream
+    def __init__(self, redis: ArqRedis, stream: str, registry: dict[str, dict[str, Handler]], consumer: str) -> None:
+        """`redis`: the worker's arq client, which queues the handler jobs as arq's own."""
+        self._redis = redis
+        self._stream = stream
         self._registry = registry
         self._consumer = consumer
         self._last_id: bytes | str = "$"
@@ -262,13 +251,13 @@ class Dispatcher:
         marker = f"{keys.HANDLED_PREFIX}{name}:{event['id']}"
         if await self._redis.exists(marker):
             return
-        await self._redis.enqueue_job(RUN_HANDLER, name, event, _job_id=f"handler:{name}:{event['id']}")
+        await self._redis.enqueue_job(RUN_HANDLER, name, event, _job_id=handler_job_id(name, event["id"]))
         await self._redis.set(marker, 1, ex=keys.TRACE_TTL_SECONDS)
 
 
 async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> str:
-    deps = deps_of(ctx)
-    job_try: int = ctx.get("job_try", 1)
+    job = Job.of(ctx)
+    deps, job_try = job.deps, job.attempt
     structlog.contextvars.bind_contextvars(
         handler=name,
         lifecycle_id=event.get("id"),
@@ -276,12 +265,12 @@ async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> 
         webhook_id=event.get("webhookId") or None,
         company_id=event.get("companyId"),
         connection_id=event.get("connectionId"),
-        job_id=ctx.get("job_id"),
+        job_id=job.id,
         job_try=job_try,
     )
     function = deps.handlers.get(name)
     if function is None:
-        return await _dead_letter(ctx, name, event, "handler_missing", f"no handler {name} in CODAT_HANDLERS")
+        return await _dead_letter(job, name, event, "handler_missing", f"no handler {name} in CODAT_HANDLERS")
     started = time.perf_counter()
     try:
         async with asyncio.timeout(deps.call_budget_seconds):
@@ -292,7 +281,7 @@ async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> 
         HANDLER_SECONDS.labels(name).observe(seconds)
         error = f"{type(exc).__name__}: {exc}"
         if job_try >= min(deps.settings.handler_max_tries, ARQ_MAX_TRIES - 1):
-            return await _dead_letter(ctx, name, event, "handler_failed", error)
+            return await _dead_letter(job, name, event, "handler_failed", error)
         delay = backoff_seconds(job_try, deps.settings.retry_base_seconds)
         log.warning("handler.failed", error=error, retry_in_seconds=round(delay, 3), seconds=round(seconds, 3))
         raise Retry(defer=delay) from None
@@ -305,7 +294,7 @@ async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> 
     return "completed"
 
 
-async def _dead_letter(ctx: dict[str, Any], name: str, event: dict[str, Any], reason: str, error: str) -> str:
+async def _dead_letter(job: Job, name: str, event: dict[str, Any], reason: str, error: str) -> str:
     record = {
         "event_type": event.get("type"),
         # The delivery behind the lifecycle event (none when the reconcile derived it), so that
@@ -317,12 +306,12 @@ async def _dead_letter(ctx: dict[str, Any], name: str, event: dict[str, Any], re
         "handler": name,
         "lifecycle": event,
     }
-    letter_id = await deps_of(ctx).dead_letters.add(
+    letter_id = await job.deps.dead_letters.add(
         record,
         reason=reason,
         error=error,
-        job_id=ctx.get("job_id"),
-        attempts=ctx.get("job_try"),
+        job_id=job.id,
+        attempts=job.attempt,
         job=(RUN_HANDLER, [name, event]),
     )
     HANDLER_CALLS.labels(name, "dead_lettered").inc()

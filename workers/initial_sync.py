@@ -32,7 +32,8 @@ from service.core.clock import parse_time_ms
 from service.stores.connections import ConnectionStore
 from service.stores.keys import CHECK_INITIAL_PULLS, initial_pulls_check_job_id
 from workers.codat import CodatClient, CompanyBusy, Queued, RateLimited, Rejected, Unavailable
-from workers.deps import Deps, deps_of
+from workers.deps import Deps
+from workers.job import Job
 from workers.rate_limit import Paused
 
 log = structlog.get_logger(__name__)
@@ -146,7 +147,7 @@ async def check_initial_pulls(
 ) -> str:
     """Did the pulls Codat was expected to queue on this first link start? Those it did not
     are requested now (a rerun reads the history again first, so nothing is asked twice)."""
-    deps = deps_of(ctx)
+    deps = Job.of(ctx).deps
     structlog.contextvars.bind_contextvars(company_id=company_id, connection_id=connection_id)
     try:
         # inside arq's job timeout, so that a hung call is this job's retry, not arq's failure

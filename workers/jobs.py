@@ -32,10 +32,11 @@ from service.stores.activity import count_job
 from service.stores.keys import MAX_TRIES
 from workers import connection_events, rate_limit, sync_events
 from workers.codat import CodatError, RateLimited, Rejected, Unavailable
-from workers.deps import Deps, deps_of
+from workers.deps import Deps
+from workers.job import Job
 from workers.metrics import JOB_SECONDS, JOBS
 
-log = structlog.get_logger("workers.jobs")
+log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
 
@@ -81,33 +82,33 @@ def backoff_seconds(job_try: int, base: float) -> float:
 
 
 async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
+    job = Job.of(ctx)
     event = Event.from_dict(record)
-    job_try: int = ctx.get("job_try", 1)
     structlog.contextvars.bind_contextvars(
         webhook_id=event.message_id,
         event_type=event.event_type,
-        job_id=ctx.get("job_id"),
-        job_try=job_try,
+        job_id=job.id,
+        job_try=job.attempt,
         **event.ids(),
     )
     route = route_of(event)
     started = time.perf_counter()
     outcome = "deferred"  # what it stays if the job is sent back to the queue (arq's Retry)
     try:
-        outcome = await _handle(ctx, event, record, route)
+        outcome = await _handle(job, event, record, route)
     finally:
         JOBS.labels(route, outcome).inc()
         JOB_SECONDS.labels(route).observe(time.perf_counter() - started)
-        await _trace(ctx, event, route, outcome, job_try)
+        await _trace(job, event, route, outcome)
     return outcome
 
 
-async def _trace(ctx: dict[str, Any], event: Event, route: str, outcome: str, job_try: int) -> None:
+async def _trace(job: Job, event: Event, route: str, outcome: str) -> None:
     """What this job did with the delivery, and the minute's counts, for the ops console: one
     round trip, sent as the job ends. Never at the cost of the job: without Redis the job's own
     retry is what matters."""
     trace = {
-        "jobId": ctx.get("job_id"),
+        "jobId": job.id,
         "eventType": event.event_type,
         "route": route,
         "outcome": outcome,
@@ -117,74 +118,72 @@ async def _trace(ctx: dict[str, Any], event: Event, route: str, outcome: str, jo
         "processedAtMs": str(now_ms()),
     }
     with contextlib.suppress(RedisError, OSError):
-        async with ctx["redis"].pipeline(transaction=False) as pipe:
-            await deps_of(ctx).history.record_delivery(event.message_id, trace, pipe=pipe)
-            await count_job(ctx["redis"], ctx.get("job_id"), job_try, event.received_at_ms, outcome, pipe=pipe)
+        async with job.redis.pipeline(transaction=False) as pipe:
+            await job.deps.history.record_delivery(event.message_id, trace, pipe=pipe)
+            await count_job(job.redis, job.id, job.attempt, event.received_at_ms, outcome, pipe=pipe)
             await pipe.execute()
 
 
-async def _handle(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:
+async def _handle(job: Job, event: Event, record: dict[str, Any], route: str) -> str:
     try:
-        return await _policy(ctx, event, record, route)
+        return await _policy(job, event, record, route)
     except RedisError as exc:
         # Redis went away while the policy itself wrote (a deferral remembered, a dead letter):
         # retried all the same, never lost to arq's plain failure.
-        delay = backoff_seconds(ctx.get("job_try", 1), deps_of(ctx).settings.retry_base_seconds)
+        delay = backoff_seconds(job.attempt, job.deps.settings.retry_base_seconds)
         log.warning("job.deferred", reason="redis_unavailable", retry_in_seconds=round(delay, 3), error=str(exc))
         raise Retry(defer=delay) from None
 
 
-async def _policy(ctx: dict[str, Any], event: Event, record: dict[str, Any], route: str) -> str:
-    deps = deps_of(ctx)
+async def _policy(job: Job, event: Event, record: dict[str, Any], route: str) -> str:
+    deps = job.deps
     try:
         async with asyncio.timeout(deps.call_budget_seconds):
-            outcome = await HANDLERS[route](deps, event, ctx["job_id"])
+            outcome = await HANDLERS[route](deps, event, job.id)
     except rate_limit.Paused as exc:
-        await deps.rate_limits.remember_deferred(ctx["job_id"])
-        return await _defer(ctx, event, record, (exc.until_ms - now_ms()) / 1000, "rate_limit_paused", exc)
+        await deps.rate_limits.remember_deferred(job.id)
+        return await _defer(job, record, (exc.until_ms - now_ms()) / 1000, "rate_limit_paused", exc)
     except RateLimited as exc:
-        return await _defer(ctx, event, record, exc.retry_after, "rate_limited", exc)
+        return await _defer(job, record, exc.retry_after, "rate_limited", exc)
     except (Unavailable, TimeoutError) as exc:
-        delay = backoff_seconds(ctx.get("job_try", 1), deps.settings.retry_base_seconds)
-        return await _defer(ctx, event, record, delay, "codat_unavailable", exc)
+        delay = backoff_seconds(job.attempt, deps.settings.retry_base_seconds)
+        return await _defer(job, record, delay, "codat_unavailable", exc)
     except Rejected as exc:
-        return await _dead_letter(ctx, record, "codat_rejected", exc)
+        return await _dead_letter(job, record, "codat_rejected", exc)
     except RedisError as exc:
         # Redis went away mid-job (a restart, a failover): not the event's fault, try it again.
         # Every write the job makes is a compare-and-set or a claim, so a rerun repeats nothing.
-        delay = backoff_seconds(ctx.get("job_try", 1), deps.settings.retry_base_seconds)
-        return await _defer(ctx, event, record, delay, "redis_unavailable", exc)
+        delay = backoff_seconds(job.attempt, deps.settings.retry_base_seconds)
+        return await _defer(job, record, delay, "redis_unavailable", exc)
     except Exception as exc:
         log.exception("job.failed_unexpectedly")
-        return await _dead_letter(ctx, record, "unexpected_error", exc)
+        return await _dead_letter(job, record, "unexpected_error", exc)
     log.info("event.processed", route=route, outcome=outcome)
     return outcome
 
 
-async def _defer(
-    ctx: dict[str, Any], event: Event, record: dict[str, Any], seconds: float, reason: str, exc: BaseException
-) -> str:
-    if ctx.get("job_try", 1) >= MAX_TRIES:
-        return await _dead_letter(ctx, record, f"{reason}_out_of_tries", exc)
+async def _defer(job: Job, record: dict[str, Any], seconds: float, reason: str, exc: BaseException) -> str:
+    if job.attempt >= MAX_TRIES:
+        return await _dead_letter(job, record, f"{reason}_out_of_tries", exc)
     seconds = max(0.0, seconds)
     log.warning("job.deferred", reason=reason, retry_in_seconds=round(seconds, 3), error=str(exc))
     raise Retry(defer=seconds)
 
 
-async def _dead_letter(ctx: dict[str, Any], record: dict[str, Any], reason: str, exc: BaseException) -> str:
-    deps = deps_of(ctx)
+async def _dead_letter(job: Job, record: dict[str, Any], reason: str, exc: BaseException) -> str:
+    deps = job.deps
     letters = deps.dead_letters
-    if record.get("connection_id") and ctx.get("job_id"):
+    if record.get("connection_id") and job.id:
         # A claim this job held is up for the taking now (its replay has another job id), not
         # only once its lease runs out.
-        await deps.connections.expire_claim(record["connection_id"], ctx["job_id"])
+        await deps.connections.expire_claim(record["connection_id"], job.id)
     status = exc.status if isinstance(exc, CodatError) else None
     letter_id = await letters.add(
         record,
         reason=reason,
         error=str(exc) or type(exc).__name__,
-        job_id=ctx.get("job_id"),
-        attempts=ctx.get("job_try"),
+        job_id=job.id,
+        attempts=job.attempt,
         status=status,
     )
     log.error("job.dead_lettered", reason=reason, dead_letter_id=letter_id, status=status, error=str(exc))

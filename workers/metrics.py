@@ -6,7 +6,7 @@ from __future__ import annotations
 import structlog
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-log = structlog.get_logger("workers.metrics")
+log = structlog.get_logger(__name__)
 
 JOBS = Counter("codat_jobs", "Jobs by route and outcome.", ["route", "outcome"])
 JOB_SECONDS = Histogram("codat_job_duration_seconds", "Time a job ran, by route.", ["route"])

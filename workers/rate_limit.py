@@ -9,7 +9,7 @@ from service.core.clock import iso, now_ms
 from service.core.events import Event
 from service.stores.rate_limit import RateLimits
 
-log = structlog.get_logger("workers.rate_limit")
+log = structlog.get_logger(__name__)
 
 # An expiry that cannot be read still means "stop": wait this long, then try again.
 UNREADABLE_EXPIRY_PAUSE_MS = 15 * 60 * 1000

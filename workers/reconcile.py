@@ -44,16 +44,16 @@ from service.core.clock import iso, now_ms, parse_time_ms
 from service.core.events import STATUSES
 from service.stores import keys
 from workers.codat import RateLimited, Rejected, Unavailable
-from workers.deps import Deps, deps_of
+from workers.deps import Deps
 from workers.initial_sync import request_initial_sync, requested_since
+from workers.job import Job
 from workers.jobs import backoff_seconds
 from workers.metrics import RECONCILE_DRIFT, RECONCILE_RUNS
 from workers.rate_limit import Paused
 
-log = structlog.get_logger("workers.reconcile")
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-RECONCILE_PAGE = "reconcile_page"
 PAGE_SIZE = 100
 LOCK_LEASE_MS = 10 * 60 * 1000
 # A connection Codat created this long before the first worker started still counts as new:
@@ -66,7 +66,8 @@ MAX_UNKNOWN_CHECKS = 100  # GET company calls per run for companies it did not l
 
 async def reconcile_tick(ctx: dict[str, Any]) -> str:
     """arq cron: start a run when one is due (or resume one a crash left), else nothing."""
-    deps = deps_of(ctx)
+    job = Job.of(ctx)
+    deps = job.deps
     interval = deps.settings.reconcile_interval_seconds
     if not interval:
         return "off"
@@ -79,24 +80,26 @@ async def reconcile_tick(ctx: dict[str, Any]) -> str:
         return "running"
     run_id, page = held
     log.info("reconcile.started" if page == 1 else "reconcile.resumed", run_id=run_id, page=page)
-    await ctx["redis"].enqueue_job(RECONCILE_PAGE, run_id, page, _job_id=f"reconcile:{run_id}:{page}")
+    await _queue_page(job, run_id, page)
     return "started"
 
 
 async def reconcile_page(ctx: dict[str, Any], run_id: str, page: int) -> str:
     """One page of companies; queues the next page or finishes the run."""
-    deps = deps_of(ctx)
-    structlog.contextvars.bind_contextvars(run_id=run_id, page=page, job_id=ctx.get("job_id"))
+    job = Job.of(ctx)
+    deps = job.deps
+    structlog.contextvars.bind_contextvars(run_id=run_id, page=page, job_id=job.id)
+    owner = keys.reconcile_page_job_id(run_id, page)  # this job's id, as queued: its rerun finds its claims
     try:
         async with asyncio.timeout(deps.call_budget_seconds):
-            found, more = await reconcile_companies_page(deps, page, owner=f"reconcile:{run_id}:{page}", run_id=run_id)
+            found, more = await reconcile_companies_page(deps, page, owner=owner, run_id=run_id)
     except Paused as exc:
         raise Retry(defer=max(0.0, (exc.until_ms - now_ms()) / 1000)) from None
     except RateLimited as exc:
         log.warning("reconcile.deferred", reason="rate_limited", retry_in_seconds=exc.retry_after)
         raise Retry(defer=exc.retry_after) from None
     except (Unavailable, TimeoutError, RedisError) as exc:
-        delay = backoff_seconds(ctx.get("job_try", 1), deps.settings.retry_base_seconds)
+        delay = backoff_seconds(job.attempt, deps.settings.retry_base_seconds)
         log.warning("reconcile.deferred", reason=type(exc).__name__, retry_in_seconds=round(delay, 3))
         raise Retry(defer=delay) from None
     except Rejected as exc:
@@ -110,9 +113,13 @@ async def reconcile_page(ctx: dict[str, Any], run_id: str, page: int) -> str:
         log.error("reconcile.lock_lost")
         return "lock_lost"
     if more:
-        await ctx["redis"].enqueue_job(RECONCILE_PAGE, run_id, page + 1, _job_id=f"reconcile:{run_id}:{page + 1}")
+        await _queue_page(job, run_id, page + 1)
         return "page_done"
     return await _finish(deps, run_id)
+
+
+async def _queue_page(job: Job, run_id: str, page: int) -> None:
+    await job.redis.enqueue_job(keys.RECONCILE_PAGE, run_id, page, _job_id=keys.reconcile_page_job_id(run_id, page))
 
 
 async def _finish(deps: Deps, run_id: str) -> str:

@@ -1,11 +1,11 @@
 """The worker, assembled in this one place: arq's settings as a plain class (the values that
 never change), and `create_worker`, which adds what comes from the environment (Settings) and
-turns it all into arq's keyword arguments. `startup` builds what every job works with (Deps)."""
+turns it all into arq's keyword arguments. `startup` builds what every job works with (Deps),
+once and complete; each job function takes it from arq's `ctx` as a typed Job (workers.job)."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import uuid
 from typing import Any
@@ -16,28 +16,38 @@ from arq import cron, func
 from arq.worker import get_kwargs
 
 from service.core.config import Settings
-from service.stores.keys import ARQ_MAX_TRIES, CHECK_INITIAL_PULLS, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME
+from service.stores.keys import (
+    ARQ_MAX_TRIES,
+    CHECK_INITIAL_PULLS,
+    JOB_TTL_MS,
+    PROCESS_EVENT,
+    QUEUE_NAME,
+    RECONCILE_PAGE,
+    RUN_HANDLER,
+)
 from workers import metrics
 from workers.delivery_watch import delivery_watch_tick
-from workers.deps import Deps, deps_of
-from workers.handlers import RUN_HANDLER, Dispatcher, by_name, load, run_handler
+from workers.deps import Deps
+from workers.handlers import Dispatcher, by_name, load, run_handler
 from workers.initial_sync import check_initial_pulls
 from workers.jobs import process_event
-from workers.reconcile import RECONCILE_PAGE, reconcile_page, reconcile_tick
+from workers.reconcile import reconcile_page, reconcile_tick
 from workers.redis_settings import redis_settings
 from workers.worker import ResilientWorker
 
-log = structlog.get_logger("workers.settings")
+log = structlog.get_logger(__name__)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    """Deps into arq's ctx, for every job to take as its Job (workers.job); the handlers' dispatcher."""
     settings: Settings = ctx["settings"]
-    ctx["deps"] = deps = Deps.build(settings, ctx["redis"])
-    if settings.handlers:
-        registry = load(settings.handlers)
-        ctx["deps"] = deps = dataclasses.replace(deps, handlers=by_name(registry))
+    # Loaded first, so that Deps is built once with them (a refusal raises before anything is built).
+    registry = load(settings.handlers) if settings.handlers else {}
+    ctx["deps"] = deps = Deps.build(settings, ctx["redis"], handlers=by_name(registry))
+    if registry:
         consumer = f"worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        ctx["_dispatcher"] = asyncio.create_task(Dispatcher(ctx, registry, consumer).run())
+        dispatcher = Dispatcher(ctx["redis"], settings.events_stream, registry, consumer)
+        ctx["_dispatcher"] = asyncio.create_task(dispatcher.run())
         log.info("handlers.loaded", module=settings.handlers, handlers=sorted(deps.handlers))
     await deps.reconciles.mark_deployed()
     metrics.RECONCILE_INTERVAL.set(settings.reconcile_interval_seconds)
@@ -47,7 +57,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     if dispatcher := ctx.get("_dispatcher"):
         dispatcher.cancel()
-    await deps_of(ctx).aclose()
+    deps: Deps = ctx["deps"]
+    await deps.aclose()
 
 
 async def clear_job_context(ctx: dict[str, Any]) -> None:

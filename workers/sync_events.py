@@ -12,7 +12,7 @@ from service.core.events import Event
 from service.stores.syncs import SyncStore
 from workers.metrics import SYNC_OUTCOMES
 
-log = structlog.get_logger("workers.sync_events")
+log = structlog.get_logger(__name__)
 
 ERROR_STATUSES = frozenset(
     {

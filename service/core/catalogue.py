@@ -107,7 +107,7 @@ LEGACY_BY_RULE = {squash(name): name for name in LEGACY_EVENTS} | {
 
 
 def _lifecycle_types() -> tuple[str, ...]:
-    """The lifecycle event types (README "Lifecycle events"), as their JSON Schema lists them."""
+    """The lifecycle event types (docs/integrator/lifecycle-events.md), as their JSON Schema lists them."""
     import json
     from importlib.resources import files
 

@@ -1,11 +1,24 @@
-"""Settings, read once from the environment (names fixed by the contract: README, "Configuration")."""
+"""Settings, read once from the environment, each declared once.
+
+Every setting is one `declare(...)` below, on the `Settings` field it loads: its environment name,
+how it is read (its type), its default, its bounds, the process that needs it, and one line of
+help. The loader (`Settings.from_env`) and its refusals, the command-line tool's "reads:" lines
+(service.cli), `codat-webhooks status` (service.status) and the table in docs/configuration.md
+(`python -m service.core.config --write docs/configuration.md`) all come from these declarations;
+tests/test_settings_declared_once.py holds the docs to them. The few variables a process reads
+without loading them into `Settings` (HOST, the dev stack's own) are declared in `ELSEWHERE`.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 # Codat retries a failed delivery for 28 hours, and its Portal replays ("Recover failed messages",
 # "Replay missing messages") up to 14 days back: a message id is remembered past both (the default
@@ -17,10 +30,17 @@ MAX_BODY_BYTES = 1024 * 1024
 MIN_SECRET_BYTES = 16
 INITIAL_SYNC_POLICIES = ("request", "auto", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "console")
 PLACEHOLDER = "REPLACE_ME"
-MIN_OPS_TOKEN_CHARS = 32  # /ops and the console: README, "Guessing the token"
+MIN_OPS_TOKEN_CHARS = 32  # /ops and the console: the token is their only lock
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 MAX_REPLICA_TIMEOUT_MS = 1500  # below the Redis clients' 2 s read timeout (service.stores.client)
+# The lifecycle events' Redis Stream and its bound (XADD MAXLEN ~): the defaults of
+# CODAT_EVENTS_STREAM and CODAT_EVENTS_MAXLEN, for the stores that need one without Settings.
+LIFECYCLE_STREAM = "codat:lifecycle"
+LIFECYCLE_MAXLEN = 200_000
+
+Process = Literal["web", "worker", "both", "dev"]
 
 
 class ConfigError(Exception):
@@ -28,44 +48,375 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One environment variable: everything said about it anywhere is said here."""
+
+    env: str
+    process: Process  # who needs it: web, worker, both, or only the dev tooling
+    help: str  # one line, Markdown (docs/configuration.md's "meaning")
+    # Reads it from the environment and checks it (ConfigError); None: not loaded into Settings.
+    read: Callable[[Setting, Mapping[str, str]], Any] | None = None
+    default: Any = None
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False  # never in a repr or a log line
+    required: Process | None = None  # that process refuses to start while it is unset
+    missing: str = ""  # then: what to do, after "NAME is not set: "
+    unset: str = ""  # what unset means, where the default alone does not say it
+    dev: str = ""  # what `codat-webhooks dev` puts in its place where the environment has none
+    field: str | None = None  # the Settings attribute it loads (filled in from the class)
+
+    def needed_by(self, process: Process) -> bool:
+        return self.process == process or (self.process == "both" and process in ("web", "worker"))
+
+    def refusal(self) -> str:
+        """Why a process that requires it refuses to start while it is unset."""
+        return f"{self.env} is not set: {self.missing}"
+
+
+def declare(env: str, read: Callable[[Setting, Mapping[str, str]], Any], **declared: Any) -> Any:
+    """A Settings field loaded from `env`: its default is the declaration's (none where the
+    dataclass must be given it), and the declaration rides along in the field's metadata."""
+    setting = Setting(env, read=read, **declared)
+    options: dict[str, Any] = {"repr": not setting.secret, "metadata": {"setting": setting}}
+    if setting.required not in ("both", "web"):  # given whenever a process could load it
+        options["default"] = setting.default
+    return dataclasses.field(**options)
+
+
+# --- how each kind of setting is read ------------------------------------------------------------
+
+
+def _text(setting: Setting, env: Mapping[str, str]) -> Any:
+    return env.get(setting.env, "").strip() or setting.default
+
+
+def _url(setting: Setting, env: Mapping[str, str]) -> str:
+    return env.get(setting.env, setting.default).rstrip("/")
+
+
+def _names(setting: Setting, env: Mapping[str, str]) -> tuple[str, ...]:
+    return _split(env.get(setting.env, ""))
+
+
+def _credential(setting: Setting, env: Mapping[str, str]) -> str | None:
+    given = env.get(setting.env, "")
+    # deploy/kubernetes/config.yaml ships placeholders: never start on one
+    if PLACEHOLDER in given:
+        raise ConfigError(f"{setting.env} is still the placeholder from deploy/: set the real value")
+    if setting.minimum is not None and 0 < len(given) < setting.minimum:
+        # Never echo a credential, only its length.
+        raise ConfigError(
+            f"{setting.env} is {len(given)} characters: give at least {setting.minimum} random ones "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return given or None
+
+
+def _signing_secrets(setting: Setting, env: Mapping[str, str]) -> tuple[str, ...]:
+    secrets = _split(env.get(setting.env, ""))
+    for index, secret in enumerate(secrets):
+        try:
+            key = signing_key(secret)
+        except ValueError:
+            key = b""
+        if len(key) < MIN_SECRET_BYTES:
+            # Never echo the value: it is a secret even when it is malformed.
+            raise ConfigError(
+                f"{setting.env} entry {index + 1} is not a signing secret: give whsec_<base64> "
+                f"(or the bare base64) of at least {MIN_SECRET_BYTES} bytes"
+            )
+    return secrets
+
+
+def _whole(setting: Setting, env: Mapping[str, str]) -> int:
+    raw = env.get(setting.env, "").strip()
+    if not raw:
+        return int(setting.default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{setting.env} must be a whole number, not {raw!r}") from None
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(f"{setting.env} must be at least {setting.minimum}, not {value}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise ConfigError(f"{setting.env} must be at most {setting.maximum}, not {value}")
+    return value
+
+
+def _choice(setting: Setting, env: Mapping[str, str]) -> str:
+    return _one_of(setting, env.get(setting.env, "").strip().lower() or setting.default)
+
+
+def _choice_as_given(setting: Setting, env: Mapping[str, str]) -> str:
+    # LOG_FORMAT has always been taken as given: blank or padded is refused, not defaulted.
+    return _one_of(setting, env.get(setting.env, setting.default).lower())
+
+
+def _one_of(setting: Setting, value: str) -> str:
+    if value not in setting.choices:
+        *rest, last = setting.choices
+        either = f"{', '.join(rest)} or {last}" if len(rest) < 3 else f"one of {', '.join(setting.choices)}"
+        raise ConfigError(f"{setting.env} must be {either}, not {value!r}")
+    return value
+
+
+def _cookie_secure(setting: Setting, env: Mapping[str, str]) -> bool:
+    given = env.get(setting.env, "").strip().lower()
+    if given in ("1", "true", "yes"):
+        return True
+    if given in ("0", "false", "no"):
+        return False
+    if given:
+        raise ConfigError(f"{setting.env} must be 1 or 0, not {given!r}")
+    return env.get("HOST", "").strip().lower() not in LOOPBACK_HOSTS
+
+
+# --- the settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Settings:
-    redis_url: str
-    webhook_secrets: tuple[str, ...] = field(repr=False)
-    webhook_auth: str | None = field(default=None, repr=False)
-    tolerance_seconds: int = 300
-    codat_api_key: str | None = field(default=None, repr=False)
-    codat_base_url: str = "https://api.codat.io"
-    sync_data_types: tuple[str, ...] = ()
-    ops_token: str | None = field(default=None, repr=False)
+    redis_url: str = declare(
+        "REDIS_URL",
+        _text,
+        process="both",
+        default="",
+        required="both",
+        missing="point it at Redis, or start through `codat-webhooks dev` for an embedded Valkey",
+        dev="an embedded Valkey",
+        help="Redis/Valkey URL: `redis://[:password@]host:port/db`, `rediss://` (TLS), `unix:///path`, or through "
+        "Sentinel `redis+sentinel://[:password@]host:26379,host2:26379/master/db` (deploy/SCALING.md)",
+    )
+    webhook_secrets: tuple[str, ...] = declare(
+        "CODAT_WEBHOOK_SECRETS",
+        _signing_secrets,
+        process="web",
+        default=(),
+        secret=True,
+        required="web",
+        missing="give the whsec_... signing secret(s) from the Codat portal (only `codat-webhooks dev` generates one)",
+        dev="a generated secret",
+        help="comma-separated Standard Webhooks signing secrets (`whsec_<base64>`; prefix and padding optional); "
+        "give two during rotation",
+    )
+    webhook_auth: str | None = declare(
+        "CODAT_WEBHOOK_AUTH",
+        _credential,
+        process="web",
+        secret=True,
+        unset="legacy payloads need a signature like the rest",
+        help="legacy rule-based webhooks: the exact `Authorization` header value Codat sends",
+    )
+    tolerance_seconds: int = declare(
+        "WEBHOOK_TOLERANCE_SECONDS",
+        _whole,
+        process="web",
+        default=300,
+        minimum=1,
+        help="maximum age, and maximum future skew, of `webhook-timestamp`",
+    )
+    codat_api_key: str | None = declare(
+        "CODAT_API_KEY",
+        _credential,
+        process="worker",
+        secret=True,
+        required="worker",
+        missing="give the Codat API key, or start through `codat-webhooks dev` for the local sandbox",
+        dev="the local Codat sandbox",
+        help="Codat API key, sent as `Authorization: Basic base64(key)`",
+    )
+    codat_base_url: str = declare(
+        "CODAT_BASE_URL", _url, process="worker", default="https://api.codat.io", help="Codat API base"
+    )
+    sync_data_types: tuple[str, ...] = declare(
+        "CODAT_SYNC_DATA_TYPES",
+        _names,
+        process="worker",
+        default=(),
+        help="empty: a first link calls `data/all`; a comma list: one `data/queue/{dataType}` call each",
+    )
+    ops_token: str | None = declare(
+        "OPS_TOKEN",
+        _credential,
+        process="web",
+        secret=True,
+        minimum=MIN_OPS_TOKEN_CHARS,
+        unset="`/ops` and the console do not exist (404)",
+        help="bearer token for `/ops/*`, and what opens the ops console",
+    )
     # The ops console's session cookie is Secure, except in dev mode: a web process bound to
     # loopback (HOST, as `codat-webhooks dev` sets it); OPS_COOKIE_SECURE=1/0 says it outright.
-    ops_cookie_secure: bool = True
-    job_timeout_seconds: int = 60
-    worker_metrics_port: int = 0
-    shutdown_wait_seconds: int = 30
-    retry_base_seconds: float = 2.0
-    initial_sync: str = "auto"  # auto | request | off (workers.initial_sync)
-    initial_pulls_check_seconds: int = 300  # auto: when to check Codat's own first pulls started
-    reconcile_interval_seconds: int = 3600  # 0: never (workers.reconcile)
-    events_stream: str = "codat:lifecycle"  # the lifecycle events' Redis Stream
-    events_maxlen: int = 200_000  # its bound (XADD MAXLEN ~)
-    handlers: str | None = None  # CODAT_HANDLERS: a module of lifecycle-event handlers (workers.handlers)
-    handler_max_tries: int = 8  # then a failing handler call becomes a dead letter
+    ops_cookie_secure: bool = declare(
+        "OPS_COOKIE_SECURE",
+        _cookie_secure,
+        process="web",
+        default=True,
+        choices=("1", "0"),
+        unset="`Secure` unless `HOST` is loopback (dev mode)",
+        help="`1`/`0`: the console's session cookie is `Secure`, or not",
+    )
+    job_timeout_seconds: int = declare(
+        "WORKER_JOB_TIMEOUT",
+        _whole,
+        process="worker",
+        default=60,
+        minimum=5,
+        help="seconds one job may run; a worker killed mid-job has its job run again after this + 10 s",
+    )
+    worker_metrics_port: int = declare(
+        "WORKER_METRICS_PORT",
+        _whole,
+        process="worker",
+        default=0,
+        minimum=0,
+        help="a worker's Prometheus port; 0: none (deploy/ sets 9100)",
+    )
+    shutdown_wait_seconds: int = declare(
+        "WORKER_SHUTDOWN_WAIT",
+        _whole,
+        process="worker",
+        default=30,
+        minimum=1,
+        help="on SIGTERM, seconds running jobs get to finish before they go back on the queue",
+    )
+    retry_base_seconds: float = declare(
+        "WORKER_RETRY_BASE_SECONDS",
+        _whole,
+        process="worker",
+        default=2,
+        minimum=1,
+        help="first backoff after a 5xx or timeout; doubles per try, capped at 300 s, with jitter",
+    )
+    initial_sync: str = declare(  # workers.initial_sync
+        "CODAT_INITIAL_SYNC",
+        _choice,
+        process="worker",
+        default="auto",
+        choices=INITIAL_SYNC_POLICIES,
+        help="`auto`: on a first link, request only the configured data types Codat will not pull by itself, and "
+        "check later that its own pulls started; `request`: call as configured on every first link; `off`: state only",
+    )
+    initial_pulls_check_seconds: int = declare(
+        "CODAT_INITIAL_PULLS_CHECK_SECONDS",
+        _whole,
+        process="worker",
+        default=300,
+        minimum=1,
+        help="`auto`: how long after a first link the worker checks that the pulls Codat queues by itself started",
+    )
+    reconcile_interval_seconds: int = declare(  # workers.reconcile
+        "RECONCILE_INTERVAL_SECONDS",
+        _whole,
+        process="worker",
+        default=3600,
+        minimum=0,
+        help="how often the workers reconcile their state with Codat's API; 0: never",
+    )
+    events_stream: str = declare(
+        "CODAT_EVENTS_STREAM",
+        _text,
+        process="both",
+        default=LIFECYCLE_STREAM,
+        help="the lifecycle events' Redis Stream (written by the workers, read by `/ops/events` and the console)",
+    )
+    events_maxlen: int = declare(
+        "CODAT_EVENTS_MAXLEN",
+        _whole,
+        process="worker",
+        default=LIFECYCLE_MAXLEN,
+        minimum=1000,
+        help="the lifecycle events stream's approximate bound (`XADD MAXLEN ~`)",
+    )
+    handlers: str | None = declare(  # workers.handlers
+        "CODAT_HANDLERS",
+        _text,
+        process="worker",
+        unset="no handlers",
+        help="a module of Python handlers for lifecycle events, importable on the worker's path",
+    )
+    handler_max_tries: int = declare(
+        "CODAT_HANDLER_MAX_TRIES",
+        _whole,
+        process="worker",
+        default=8,
+        minimum=1,
+        help="tries of a failing handler call before it becomes a dead letter",
+    )
     # A 2xx (and a first-sync claim) waits until this many replicas hold the write (WAIT);
     # 0: the primary's answer is enough (service.stores.replication).
-    redis_min_replicas: int = 0
-    redis_replica_timeout_ms: int = 1000  # then 503 + Retry-After: under the client's 2 s read timeout
+    redis_min_replicas: int = declare(
+        "REDIS_MIN_REPLICAS",
+        _whole,
+        process="both",
+        default=0,
+        minimum=0,
+        help="a delivery is answered 2xx (and a first sync claimed) only once this many replicas hold the write "
+        "(`WAIT`); fewer in time: 503 + `Retry-After`; 0: the primary's answer is enough",
+    )
+    redis_replica_timeout_ms: int = declare(
+        "REDIS_REPLICA_TIMEOUT_MS",
+        _whole,
+        process="both",
+        default=1000,
+        minimum=1,
+        # WAIT holds the connection that long: past the client's read timeout it would look
+        # like a dead Redis, not like a slow replica.
+        maximum=MAX_REPLICA_TIMEOUT_MS,
+        help="how long a write waits for those replicas; then 503 + `Retry-After`",
+    )
     # Delivery health (issue 23): how long a message id is remembered; this service's consumer URL
     # as registered with Codat (unset: the consumer watch says so once and skips); how often the
     # workers check it (0: never); nothing accepted for this long while Linked connections exist
     # is silence (service.stores.delivery_health, workers.delivery_watch).
-    dedup_ttl_seconds: int = DEDUP_TTL_SECONDS
-    public_webhook_url: str | None = None
-    watch_interval_seconds: int = 600
-    silence_alert_seconds: int = 12 * 3600
-    log_level: str = "info"
-    log_format: str = "json"
-    port: int = 8000
+    dedup_ttl_seconds: int = declare(
+        "DEDUP_TTL_SECONDS",
+        _whole,
+        process="web",
+        default=DEDUP_TTL_SECONDS,
+        minimum=JOB_TTL_SECONDS,
+        help="how long a message id is remembered, so that a replay is answered 200 and not processed twice "
+        "(default: Codat's 14-day Portal replay plus its retries)",
+    )
+    public_webhook_url: str | None = declare(
+        "PUBLIC_WEBHOOK_URL",
+        _text,
+        process="worker",
+        unset="the consumer watch says so once (`consumer_watch.not_configured`) and skips",
+        help="this service's URL exactly as registered with Codat: the workers' consumer watch finds its "
+        "consumer by it",
+    )
+    watch_interval_seconds: int = declare(
+        "WATCH_INTERVAL_SECONDS",
+        _whole,
+        process="worker",
+        default=600,
+        minimum=0,
+        help="how often the workers run the delivery watch (Linked connections, silence, Codat's consumers); 0: never",
+    )
+    silence_alert_seconds: int = declare(
+        "SILENCE_ALERT_SECONDS",
+        _whole,
+        process="both",
+        default=12 * 3600,
+        minimum=60,
+        help="nothing answered 2xx for this long while Linked connections exist is silence (`delivery.silence`); "
+        "above your quietest hours, below Codat's 28 h of retries",
+    )
+    log_level: str = declare(
+        "LOG_LEVEL", _choice, process="both", default="info", choices=LOG_LEVELS, help="the least level logged"
+    )
+    log_format: str = declare(
+        "LOG_FORMAT",
+        _choice_as_given,
+        process="both",
+        default="json",
+        choices=LOG_FORMATS,
+        dev="console",
+        help="`json`: one JSON object a line; `console`: for a person at a terminal",
+    )
+    port: int = declare("PORT", _whole, process="web", default=8000, minimum=1, help="the web process's port")
 
     def credentials(self) -> list[str]:
         """Every secret value the process holds, and the forms it travels in, for the log
@@ -81,78 +432,116 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_secrets: bool = True) -> Settings:
         """`require_secrets`: the web process verifies deliveries; the worker never does."""
         env = os.environ if env is None else env
-        redis_url = env.get("REDIS_URL", "").strip()
-        if not redis_url:
-            raise ConfigError(
-                "REDIS_URL is not set: point it at Redis, or start through `codat-webhooks dev` for an embedded Valkey"
-            )
-        secrets = _split(env.get("CODAT_WEBHOOK_SECRETS", ""))
-        if require_secrets and not secrets:
-            raise ConfigError(
-                "CODAT_WEBHOOK_SECRETS is not set: give the whsec_... signing secret(s) from the Codat "
-                "portal (only `codat-webhooks dev` generates one)"
-            )
-        for index, secret in enumerate(secrets):
-            try:
-                key = signing_key(secret)
-            except ValueError:
-                key = b""
-            if len(key) < MIN_SECRET_BYTES:
-                # Never echo the value: it is a secret even when it is malformed.
-                raise ConfigError(
-                    f"CODAT_WEBHOOK_SECRETS entry {index + 1} is not a signing secret: give whsec_<base64> "
-                    f"(or the bare base64) of at least {MIN_SECRET_BYTES} bytes"
-                )
-        log_format = env.get("LOG_FORMAT", "json").lower()
-        if log_format not in ("json", "console"):
-            raise ConfigError(f"LOG_FORMAT must be json or console, not {log_format!r}")
-        log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
-        if log_level not in LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
-        for name in ("CODAT_API_KEY", "OPS_TOKEN", "CODAT_WEBHOOK_AUTH"):
-            # deploy/kubernetes/config.yaml ships placeholders: never start on one
-            if PLACEHOLDER in env.get(name, ""):
-                raise ConfigError(f"{name} is still the placeholder from deploy/: set the real value")
-        if 0 < len(env.get("OPS_TOKEN", "")) < MIN_OPS_TOKEN_CHARS:
-            # The token is the only lock on /ops and the console: never echo it, only its length.
-            raise ConfigError(
-                f"OPS_TOKEN is {len(env['OPS_TOKEN'])} characters: give at least {MIN_OPS_TOKEN_CHARS} random ones "
-                "(e.g. `openssl rand -hex 32`)"
-            )
-        initial_sync = env.get("CODAT_INITIAL_SYNC", "auto").strip().lower() or "auto"
-        if initial_sync not in INITIAL_SYNC_POLICIES:
-            raise ConfigError(f"CODAT_INITIAL_SYNC must be request, auto or off, not {initial_sync!r}")
-        return cls(
-            redis_url=redis_url,
-            webhook_secrets=secrets,
-            webhook_auth=env.get("CODAT_WEBHOOK_AUTH") or None,
-            tolerance_seconds=_int(env, "WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1),
-            codat_api_key=env.get("CODAT_API_KEY") or None,
-            codat_base_url=env.get("CODAT_BASE_URL", "https://api.codat.io").rstrip("/"),
-            sync_data_types=_split(env.get("CODAT_SYNC_DATA_TYPES", "")),
-            ops_token=env.get("OPS_TOKEN") or None,
-            ops_cookie_secure=_cookie_secure(env),
-            job_timeout_seconds=_int(env, "WORKER_JOB_TIMEOUT", 60, minimum=5),
-            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, minimum=0),
-            shutdown_wait_seconds=_int(env, "WORKER_SHUTDOWN_WAIT", 30, minimum=1),
-            retry_base_seconds=_int(env, "WORKER_RETRY_BASE_SECONDS", 2, minimum=1),
-            initial_sync=initial_sync,
-            initial_pulls_check_seconds=_int(env, "CODAT_INITIAL_PULLS_CHECK_SECONDS", 300, minimum=1),
-            reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", 3600, minimum=0),
-            events_stream=env.get("CODAT_EVENTS_STREAM", "").strip() or "codat:lifecycle",
-            events_maxlen=_int(env, "CODAT_EVENTS_MAXLEN", 200_000, minimum=1000),
-            handlers=env.get("CODAT_HANDLERS", "").strip() or None,
-            handler_max_tries=_int(env, "CODAT_HANDLER_MAX_TRIES", 8, minimum=1),
-            redis_min_replicas=_int(env, "REDIS_MIN_REPLICAS", 0, minimum=0),
-            redis_replica_timeout_ms=_replica_timeout(env),
-            dedup_ttl_seconds=_int(env, "DEDUP_TTL_SECONDS", DEDUP_TTL_SECONDS, minimum=JOB_TTL_SECONDS),
-            public_webhook_url=env.get("PUBLIC_WEBHOOK_URL", "").strip() or None,
-            watch_interval_seconds=_int(env, "WATCH_INTERVAL_SECONDS", 600, minimum=0),
-            silence_alert_seconds=_int(env, "SILENCE_ALERT_SECONDS", 12 * 3600, minimum=60),
-            log_level=log_level,
-            log_format=log_format,
-            port=_int(env, "PORT", 8000, minimum=1),
-        )
+        values: dict[str, Any] = {}
+        for setting in LOADED:
+            assert setting.read is not None and setting.field is not None
+            value = values[setting.field] = setting.read(setting, env)
+            if not value and setting.required in ("both", "web" if require_secrets else "both"):
+                raise ConfigError(setting.refusal())
+        return cls(**values)
+
+    def unset_for(self, process: Process) -> Setting | None:
+        """The first setting `process` requires that these settings leave unset, or None."""
+        for setting in LOADED:
+            if setting.required in (process, "both") and not getattr(self, str(setting.field)):
+                return setting
+        return None
+
+
+# What a process reads from the environment without loading it into Settings.
+ELSEWHERE = (
+    Setting(
+        "HOST",
+        "web",
+        "the web process's bind address (`codat-webhooks web --host` overrides it)",
+        default="0.0.0.0",
+        dev="127.0.0.1",
+    ),
+    Setting(
+        "CODAT_DATA_DIR",
+        "dev",
+        "where `make run` keeps Valkey's data, the dev signing secret and `dev.env`",
+        unset="`.data` at the checkout's root",
+    ),
+    Setting(
+        "CODAT_LOG_TIME",
+        "dev",
+        "`LOG_FORMAT=console` only: `0` leaves the time out (as under honcho, which prints its own)",
+        default="1",
+    ),
+    Setting("FORCE_COLOR", "dev", "`LOG_FORMAT=console` only: colour even when not a terminal"),
+)
+
+LOADED = tuple(
+    dataclasses.replace(field.metadata["setting"], field=field.name)
+    for field in dataclasses.fields(Settings)
+    if "setting" in field.metadata
+)
+SETTINGS = LOADED + ELSEWHERE
+
+
+def named(env: str) -> Setting:
+    """The declaration of `env`; KeyError if there is none (so no text names an unknown one)."""
+    for setting in SETTINGS:
+        if setting.env == env:
+            return setting
+    raise KeyError(f"{env} is not a declared setting (service.core.config)")
+
+
+def needed_by(process: Process) -> tuple[Setting, ...]:
+    return tuple(setting for setting in SETTINGS if setting.needed_by(process))
+
+
+# --- the docs' table -------------------------------------------------------------------------------
+
+TABLE_START = "<!-- settings: generated by `python -m service.core.config --write docs/configuration.md` -->"
+TABLE_END = "<!-- end of settings -->"
+
+
+def markdown_table() -> str:
+    """docs/configuration.md's table, one row per declaration."""
+    rows = ["| environment | needed by | meaning | default | allowed |", "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        needed = {"both": "web, worker", "dev": "dev only"}.get(setting.process, setting.process)
+        cells = (f"`{setting.env}`", needed, setting.help, _default_text(setting), _allowed_text(setting))
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows)
+
+
+def _default_text(setting: Setting) -> str:
+    if setting.required:
+        said = "required" if setting.required == "both" else f"required by {setting.required}"
+    elif setting.unset:
+        said = f"unset: {setting.unset}"
+    elif setting.default in (None, "", ()):
+        said = "empty" if setting.default == () else "unset"
+    elif setting.default is True or setting.default is False:
+        said = f"`{int(setting.default)}`"
+    else:
+        said = f"`{setting.default}`"
+    return f"{said}; `dev`: {setting.dev}" if setting.dev else said
+
+
+def _allowed_text(setting: Setting) -> str:
+    if setting.choices:
+        return ", ".join(f"`{choice}`" for choice in setting.choices)
+    unit = " characters" if setting.secret else ""
+    if setting.minimum is not None and setting.maximum is not None:
+        return f"{setting.minimum} to {setting.maximum}{unit}"
+    if setting.minimum is not None:
+        return f"at least {setting.minimum}{unit}"
+    return ""
+
+
+def with_table(document: str) -> str:
+    """`document` with the text between TABLE_START and TABLE_END replaced by the table."""
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.DOTALL)
+    if not pattern.search(document):
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} in the document")
+    return pattern.sub(lambda _: f"{TABLE_START}\n{markdown_table()}\n{TABLE_END}", document)
+
+
+# --- helpers -------------------------------------------------------------------------------------
 
 
 def signing_key(secret: str) -> bytes:
@@ -167,38 +556,16 @@ def signing_key(secret: str) -> bytes:
     return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
 
 
-def _cookie_secure(env: Mapping[str, str]) -> bool:
-    given = env.get("OPS_COOKIE_SECURE", "").strip().lower()
-    if given in ("1", "true", "yes"):
-        return True
-    if given in ("0", "false", "no"):
-        return False
-    if given:
-        raise ConfigError(f"OPS_COOKIE_SECURE must be 1 or 0, not {given!r}")
-    return env.get("HOST", "").strip().lower() not in LOOPBACK_HOSTS
-
-
-def _replica_timeout(env: Mapping[str, str]) -> int:
-    value = _int(env, "REDIS_REPLICA_TIMEOUT_MS", 1000, minimum=1)
-    if value > MAX_REPLICA_TIMEOUT_MS:
-        # WAIT holds the connection that long: past the client's read timeout it would look
-        # like a dead Redis, not like a slow replica.
-        raise ConfigError(f"REDIS_REPLICA_TIMEOUT_MS must be at most {MAX_REPLICA_TIMEOUT_MS}, not {value}")
-    return value
-
-
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
-    return value
+if __name__ == "__main__":
+    # No argument: print the table. --write PATH: put it into PATH between the markers.
+    if sys.argv[1:2] == ["--write"] and len(sys.argv) == 3:
+        with open(sys.argv[2], encoding="utf-8") as file:
+            text = file.read()
+        with open(sys.argv[2], "w", encoding="utf-8") as file:
+            file.write(with_table(text))
+    else:
+        print(markdown_table())

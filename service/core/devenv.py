@@ -8,7 +8,7 @@ names the environment does not set, so a second terminal needs no export line, a
 nothing is read: a production install (no checkout) never has one.
 
 `handlers/` at the checkout's root is where an integrator's CODAT_HANDLERS module lives in dev
-(README "Lifecycle events"): `make run` puts it on the processes' PYTHONPATH, and `status` checks
+(docs/integrator/handlers.md): `make run` puts it on the processes' PYTHONPATH, and `status` checks
 the module with the same path. Neither ruff nor pytest looks in it (pyproject.toml).
 """
 

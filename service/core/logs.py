@@ -196,7 +196,7 @@ def _quiet_libraries_for_people() -> None:
 
 
 def _log_crash(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
-    structlog.get_logger("service").critical("process.crashed", exc_info=(kind, error, traceback))
+    structlog.get_logger(__name__).critical("process.crashed", exc_info=(kind, error, traceback))
 
 
 def refuse(reason: str) -> None:

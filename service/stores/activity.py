@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from service.core.clock import now_ms
 from service.stores import keys
+from service.stores.scripts import text
 
 MINUTE_MS = 60_000
 DELIVERIES = "deliveries"
@@ -79,7 +80,7 @@ async def last_hour(redis: Redis, *, minutes: int = 60, now: int | None = None) 
         answers = await pipe.execute()
     series = []
     for minute, fields in zip(wanted, answers, strict=True):
-        counts = {_text(k): int(v) for k, v in fields.items()}
+        counts = {text(k): int(v) for k, v in fields.items()}
         series.append(
             {
                 "minute": minute * MINUTE_MS,
@@ -93,7 +94,7 @@ async def last_hour(redis: Redis, *, minutes: int = 60, now: int | None = None) 
 async def service_state(redis: Redis, *, now: int | None = None) -> dict[str, Any]:
     """Queue depth (due and deferred), the oldest due job's age, dead letters, the workers' health
     check (arq's: one key for all workers, refreshed every 10 s while any polls) and the rate-limit
-    pause."""
+    pause: what the console's overview shows and GET /metrics reports (service.web.metrics)."""
     now = now_ms() if now is None else now
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.QUEUE_NAME)
@@ -112,9 +113,10 @@ async def service_state(redis: Redis, *, now: int | None = None) -> dict[str, An
         "oldestDueAgeSeconds": max(0.0, (now - oldest[0][1]) / 1000) if oldest else None,
         "deadLetters": int(letters),
         "workerPolling": health is not None,
-        "workerHealth": _text(health) if health is not None else None,
+        "workerHealth": text(health) if health is not None else None,
         "workerHealthTtlMs": int(health_ttl) if health is not None and int(health_ttl) > 0 else None,
         "rateLimitPausedUntil": paused_until,
+        "rateLimitPaused": paused is not None,  # the pause's key is there (it expires as the pause ends)
     }
 
 
@@ -138,7 +140,3 @@ async def delivery_in_flight(redis: Redis, message_id: str, *, now: int | None =
         "seenForSeconds": int(seen_ttl) if int(seen_ttl) >= 0 else None,
         "job": job,
     }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

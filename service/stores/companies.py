@@ -9,33 +9,18 @@ from redis.asyncio import Redis
 
 from service.stores.keys import company_connections, company_refresh_lock, company_refreshed_all
 from service.stores.keys import connection as connection_key
+from service.stores.scripts import Script
 
 # How long a data/all is remembered as covering its connections: long past any delivery delay
 # of the events of connections that linked together (Codat retries for ~28 hours).
 COVERED_TTL_SECONDS = 3 * 24 * 3600
 
-# KEYS[1]: the company's connections (a set). ARGV[1]: the connection key prefix.
-# Returns the ids of those whose reconciled status is Linked.
-_LINKED = """
-local linked = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('HGET', ARGV[1] .. id, 'status') == 'Linked' then linked[#linked + 1] = id end
-end
-return linked
-"""
-
-# KEYS[1]: the lock. ARGV[1]: the owner. Deletes it only if the owner still holds it.
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class CompanyRefreshes:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._linked = redis.register_script(_LINKED)
-        self._unlock = redis.register_script(_UNLOCK)
+        self._linked = Script(redis, "company_linked")
+        self._unlock = Script(redis, "company_unlock")
 
     async def covered(self, company_id: str, connection_id: str) -> bool:
         return bool(await self._redis.sismember(company_refreshed_all(company_id), connection_id))
@@ -44,11 +29,13 @@ class CompanyRefreshes:
         return bool(await self._redis.set(company_refresh_lock(company_id), owner, nx=True, px=lease_ms))
 
     async def unlock(self, company_id: str, owner: str) -> None:
-        await self._unlock(keys=[company_refresh_lock(company_id)], args=[owner])
+        await self._unlock(lock=company_refresh_lock(company_id), owner=owner)
 
     async def linked_connections(self, company_id: str) -> set[str]:
-        found = await self._linked(keys=[company_connections(company_id)], args=[connection_key("")])
-        return {c.decode() if isinstance(c, bytes) else str(c) for c in found}
+        found = await self._linked(
+            company_connections=company_connections(company_id), connection_prefix=connection_key("")
+        )
+        return set(found)
 
     async def record_covered(self, company_id: str, connection_ids: set[str]) -> None:
         key = company_refreshed_all(company_id)

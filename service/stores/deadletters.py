@@ -11,7 +11,7 @@ version wrote.
 
 Besides the time order, two indexes are kept with the letters, written and removed in the same
 transaction: by webhook id (so the console finds every letter of a delivery, however many newer
-ones there are) and by company.
+ones there are) and by company. The replay's script: lua/dead_letter_replay.lua.
 """
 
 from __future__ import annotations
@@ -30,19 +30,8 @@ from service.stores.keys import DEAD_LETTERS as LETTERS
 from service.stores.keys import DEAD_LETTERS_BY_TIME as BY_TIME
 from service.stores.keys import DEAD_LETTERS_BY_WEBHOOK as BY_WEBHOOK
 from service.stores.keys import JOB_TTL_MS, QUEUE_NAME, serialize_job
+from service.stores.scripts import Script, text
 
-# KEYS: letters, by-time, queue, job key, by-webhook, the company's index (by-time again when the
-# letter has no company: removing the id from it twice is harmless).
-# ARGV: letter id, job, job ttl (ms), job id, score (ms), by-webhook member.
-_REPLAY = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[6])
-redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-return 1
-"""
 SEPARATOR = "\x00"  # between the webhook id and the letter id in BY_WEBHOOK (sorts before any text)
 INDEX_BATCH = 500
 
@@ -57,15 +46,11 @@ def _company_of(letter: dict[str, Any]) -> str | None:
     return company_id if isinstance(company_id, str) and company_id else None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class DeadLetters:
     def __init__(self, redis: Redis, secrets: Iterable[str] = ()) -> None:
         """`secrets`: Settings.credentials(), masked out of every letter written and read."""
         self._redis = redis
-        self._replay = redis.register_script(_REPLAY)
+        self._replay = Script(redis, "dead_letter_replay")
         self._mask = Masker(secrets)
 
     async def add(
@@ -139,7 +124,7 @@ class DeadLetters:
         await self.index_existing()
         low, high = f"[{webhook_id}{SEPARATOR}", f"({webhook_id}\x01"
         members = await self._redis.zrangebylex(BY_WEBHOOK, low, high, 0, limit)
-        letters = await self._many([_text(m).rpartition(SEPARATOR)[2] for m in members])
+        letters = await self._many([text(m).rpartition(SEPARATOR)[2] for m in members])
         return sorted(letters, key=lambda letter: letter.get("failedAt") or 0, reverse=True)
 
     async def webhook_ids(self, prefix: str, limit: int = 10) -> list[str]:
@@ -149,7 +134,7 @@ class DeadLetters:
         start = prefix.encode()  # bytes: 0xff is past any UTF-8 byte, the str "\xff" is not
         members = await self._redis.zrangebylex(BY_WEBHOOK, b"[" + start, b"(" + start + b"\xff", 0, 10 * limit)
         for member in members:
-            webhook_id = _text(member).partition(SEPARATOR)[0]
+            webhook_id = text(member).partition(SEPARATOR)[0]
             if webhook_id not in found:
                 found.append(webhook_id)
         return found[:limit]
@@ -204,7 +189,17 @@ class DeadLetters:
         company_id = _company_of(letter)
         company_index = keys.dead_letters_of_company(company_id) if company_id else BY_TIME
         done = await self._replay(
-            keys=[LETTERS, BY_TIME, QUEUE_NAME, keys.job_key(job_id), BY_WEBHOOK, company_index],
-            args=[letter_id, job, JOB_TTL_MS, job_id, now, _webhook_member(letter) or ""],
+            letters=LETTERS,
+            by_time=BY_TIME,
+            queue=QUEUE_NAME,
+            job_key=keys.job_key(job_id),
+            by_webhook=BY_WEBHOOK,
+            company_index=company_index,
+            letter_id=letter_id,
+            job=job,
+            job_ttl_ms=JOB_TTL_MS,
+            job_id=job_id,
+            score=now,
+            webhook_member=_webhook_member(letter) or "",
         )
         return job_id if done else None

@@ -1,4 +1,4 @@
-"""Is Codat delivering? What Redis holds to answer it (issue 23; README, "Delivery health"):
+"""Is Codat delivering? What Redis holds to answer it (issue 23; docs/operator/delivery-health.md):
 
 - **the last delivery taken, per family** (connection, sync, other): the time of the last 2xx
   (new or duplicate: either way Codat reached us). The web process keeps it in memory and writes
@@ -28,8 +28,9 @@ from service.core.catalogue import CONNECTION_EVENTS, SYNC_EVENTS
 from service.core.clock import iso, now_ms
 from service.stores import keys
 from service.stores.gaps import GapStore, explain
+from service.stores.scripts import Script, text
 
-log = structlog.get_logger("service.delivery_health")
+log = structlog.get_logger(__name__)
 
 FAMILIES = ("connection", "sync", "other")
 FLUSH_SECONDS = 1.0
@@ -37,15 +38,6 @@ ALIVE_EVERY_MS = 2_000
 # No sign of life from any web process for this long: the next one to start records a gap. Five
 # missed refreshes: a web that restarts within it lost nothing Codat's first retry (5 s) misses.
 DOWN_AFTER_MS = 10_000
-
-# KEYS[1]: the hash. ARGV: field, value, field, value...: each kept if larger than what is there.
-_MAX = """
-for i = 1, #ARGV, 2 do
-  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
 
 
 def family_of(event_type: str) -> str:
@@ -73,7 +65,7 @@ class DeliveryMarks:
         self._checked_start = False
         self._alive_written = 0
         self._task: asyncio.Task[None] | None = None
-        self._max = redis.register_script(_MAX)
+        self._max = Script(redis, "delivery_marks_max")  # lua/delivery_marks_max.lua
 
     # --- per delivery: memory only ---------------------------------------------------------------
 
@@ -125,7 +117,7 @@ class DeliveryMarks:
         if self._last:
             marks, self._last = self._last, {}
             try:
-                await self._max(keys=[keys.LAST_ACCEPTED], args=[v for item in marks.items() for v in item])
+                await self._max(marks=keys.LAST_ACCEPTED, given=[v for item in marks.items() for v in item])
             except BaseException:
                 for family, at in marks.items():  # back for the next try, unless newer ones came
                     self._last[family] = max(at, self._last.get(family, 0))
@@ -173,7 +165,7 @@ def _log_gap(gap: dict[str, Any]) -> None:
 
 async def last_accepted(redis: Redis) -> dict[str, int]:
     raw = await redis.hgetall(keys.LAST_ACCEPTED)
-    return {_text(k): int(v) for k, v in raw.items() if _text(k) in FAMILIES}
+    return {text(k): int(v) for k, v in raw.items() if text(k) in FAMILIES}
 
 
 async def count_linked(redis: Redis, *, batch: int = 1000) -> int:
@@ -217,7 +209,7 @@ async def snapshot(redis: Redis, silence_ms: int, *, now: int | None = None) -> 
         pipe.get(keys.LINKED_CONNECTIONS)
         pipe.get(keys.CONSUMER_REPORT)
         raw_last, raw_linked, raw_report = await pipe.execute()
-    last = {_text(k): int(v) for k, v in raw_last.items() if _text(k) in FAMILIES}
+    last = {text(k): int(v) for k, v in raw_last.items() if text(k) in FAMILIES}
     linked = orjson.loads(raw_linked) if raw_linked else None
     newest = max(last.values(), default=None)
     silent_for = (now - newest) if newest else None
@@ -235,7 +227,3 @@ async def snapshot(redis: Redis, silence_ms: int, *, now: int | None = None) -> 
         "neverDelivered": newest is None,
         "consumer": orjson.loads(raw_report) if raw_report else None,
     }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,5 +1,5 @@
 """The intervals in which this service could not take Codat's deliveries, written down with what
-to do about each (issue 23; README, "Delivery health").
+to do about each (issue 23; docs/operator/delivery-health.md).
 
 Three kinds, each recorded by the part that can tell:
 

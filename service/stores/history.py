@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 
 from service.core.clock import iso
 from service.stores import keys
+from service.stores.scripts import text
 
 
 class HistoryStore:
@@ -61,19 +62,45 @@ class HistoryStore:
             return None
         trace: dict[str, Any] = {"webhookId": message_id}
         for k, v in raw.items():
-            name, value = _text(k), _text(v)
+            name, value = text(k), text(v)
             trace[name] = int(value) if name in ("tries", "receivedAtMs", "processedAtMs") else value
         trace["receivedAt"], trace["processedAt"] = iso(trace.get("receivedAtMs")), iso(trace.get("processedAtMs"))
         seen = await self._redis.exists(keys.seen(message_id))
         trace["deduplicating"] = bool(seen)  # a copy arriving now would be answered 200
         return trace
 
+    async def delivery_known(self, message_id: str) -> bool:
+        """A trace of its job, or its dedup record: the service has heard of this delivery."""
+        return bool(await self._redis.exists(keys.delivery_trace(message_id), keys.seen(message_id)))
+
+    async def traced_deliveries(
+        self, prefix: str, limit: int, *, scan_count: int, scan_calls: int, found: tuple[str, ...] = ()
+    ) -> tuple[list[str], bool]:
+        """`found` (ids known otherwise), then the webhook ids of delivery traces that start with
+        `prefix`, until there are `limit`: a SCAN of the trace keys bounded to `scan_calls` calls of
+        `scan_count`; also whether it stopped before the end (on a Redis with millions of keys, it
+        may not look everywhere)."""
+        name = keys.delivery_trace("")
+        pattern = name + "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"  # glob taken literally
+        ids = list(found)
+        cursor, calls = 0, 0
+        while len(ids) < limit and calls < scan_calls:
+            cursor, names = await self._redis.scan(cursor, match=pattern, count=scan_count)
+            calls += 1
+            for key in names:
+                webhook_id = text(key).removeprefix(name)
+                if webhook_id not in ids:
+                    ids.append(webhook_id)
+            if cursor == 0:
+                break
+        return ids, cursor != 0
+
     async def connections_of(self, company_id: str) -> list[str]:
-        return sorted(_text(c) for c in await self._redis.smembers(keys.company_connections(company_id)))
+        return sorted(text(c) for c in await self._redis.smembers(keys.company_connections(company_id)))
 
     async def company_name(self, company_id: str) -> str | None:
         name = await self._redis.hget(keys.COMPANY_NAMES, company_id)
-        return _text(name) if name is not None else None
+        return text(name) if name is not None else None
 
     async def search_companies(self, query: str, limit: int = 50) -> list[dict[str, str | None]]:
         """Companies whose id starts with, or whose name contains, `query` (case-insensitive).
@@ -81,7 +108,7 @@ class HistoryStore:
         wanted = query.strip().lower()
         found: list[dict[str, str | None]] = []
         async for company, name in self._redis.hscan_iter(keys.COMPANY_NAMES, count=500):
-            company_id, company_name = _text(company), _text(name)
+            company_id, company_name = text(company), text(name)
             if not wanted or company_id.lower().startswith(wanted) or wanted in company_name.lower():
                 found.append({"companyId": company_id, "name": company_name})
                 if len(found) >= limit:
@@ -89,7 +116,3 @@ class HistoryStore:
         if not found and wanted and await self._redis.exists(keys.company_connections(query.strip())):
             found.append({"companyId": query.strip(), "name": None})  # known by id, never by name
         return found
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

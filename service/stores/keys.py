@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix, job_key_prefix
 
+from service.core import config
 from service.core.config import JOB_TTL_SECONDS
 
 # arq's
@@ -21,12 +22,18 @@ IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 # it queues, so that waiting workers start at once instead of at their next poll.
 QUEUE_WAKE = QUEUE_NAME + ":wake"
 
-# The one job: its arq function name, and how long a job waits to be started: 7 days, so workers
-# that are down for a day lose nothing (arq's default would drop a job not started within 24 hours).
-# The dedup record is kept longer (Settings.dedup_ttl_seconds, 15 days): the job is not.
+# The jobs' arq function names (workers.settings registers each under its own), their ids below.
+# A job waits 7 days to be started (JOB_TTL_MS), so workers that are down for a day lose nothing
+# (arq's default would drop a job not started within 24 hours). The dedup record is kept longer
+# (Settings.dedup_ttl_seconds, 15 days): the job is not.
+# A delivery, as the web process queues it.
 PROCESS_EVENT = "process_event"
 # The check, minutes after a first link, that the pulls Codat queues by itself did start.
 CHECK_INITIAL_PULLS = "check_initial_pulls"
+# One page of a reconcile run (workers.reconcile), each queueing the next.
+RECONCILE_PAGE = "reconcile_page"
+# One integrator handler called with one lifecycle event (workers.handlers).
+RUN_HANDLER = "run_handler"
 JOB_TTL_MS = JOB_TTL_SECONDS * 1000  # not the dedup horizon (config.DEDUP_TTL_SECONDS): jobs stay 7 days
 # Tries of any kind (crashes, deferrals, retries) before a job becomes a dead letter. arq's own
 # max_tries is one higher, so that the job's policy (workers.jobs), not arq, has the last word.
@@ -48,8 +55,9 @@ DEPLOYED_AT = "codat:deployed-at"
 
 
 COMPANY_NAMES = "codat:company-names"  # company id -> name, as events and the reconcile give it
-# The lifecycle events' stream (workers.lifecycle); its name and bound come from Settings.
-LIFECYCLE_STREAM = "codat:lifecycle"
+# The lifecycle events' stream (service.stores.outbox): its default name, declared with its
+# setting (CODAT_EVENTS_STREAM) in service.core.config; a deployment may name another.
+LIFECYCLE_STREAM = config.LIFECYCLE_STREAM
 HANDLERS_GROUP = "codat-handlers"  # the consumer group that turns the stream into handler jobs
 HANDLED_PREFIX = "codat:handled:"  # + handler name + ":" + event id: queued once, ever
 # Bounds of what the ops console reads (service.stores.history): per connection the last
@@ -118,6 +126,17 @@ def event_job_id(message_id: str) -> str:
 
 def initial_pulls_check_job_id(connection_id: str) -> str:
     return f"initial-pulls:{connection_id}"
+
+
+def reconcile_page_job_id(run_id: str, page: int) -> str:
+    """Also the owner of the initial-sync claims the page takes: its rerun finds its own."""
+    return f"reconcile:{run_id}:{page}"
+
+
+def handler_job_id(name: str, event_id: str) -> str:
+    """One per (handler, lifecycle event): arq refuses a job id it still holds, which keeps a
+    redelivered stream entry from queueing the call twice (workers.handlers)."""
+    return f"handler:{name}:{event_id}"
 
 
 def replay_job_id(letter_id: str) -> str:

@@ -9,6 +9,7 @@ import orjson
 from redis.asyncio import Redis
 
 from service.stores.keys import LIFECYCLE_STREAM
+from service.stores.scripts import text
 
 
 class LifecycleStream:
@@ -41,5 +42,5 @@ class LifecycleStream:
 
 def decode(stream_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
     event: dict[str, Any] = orjson.loads(fields.get(b"event") or fields.get("event") or b"{}")
-    event["streamId"] = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+    event["streamId"] = text(stream_id)
     return event

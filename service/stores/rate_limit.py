@@ -1,5 +1,8 @@
 """The rate-limit pause: while it is set, no worker calls Codat. Jobs it deferred are
-remembered, so that a reset can put them back at the head of the queue at once."""
+remembered, so that a reset can put them back at the head of the queue at once.
+
+Both a reached and a reset are ordered by Codat's time (lua/rate_limit_pause.lua, rate_limit_resume.lua):
+a late delivery changes nothing; at the same time, a reset wins."""
 
 from __future__ import annotations
 
@@ -8,53 +11,16 @@ from redis.asyncio import Redis
 
 from service.core.clock import iso, now_ms
 from service.stores.keys import QUEUE_NAME, RATE_LIMIT_DEFERRED, RATE_LIMIT_LAST_EVENT_AT, RATE_LIMIT_PAUSED_UNTIL
-from service.stores.outbox import EMIT, Outbox
-
-# Both: a reached or reset older (by Codat's time) than the last one taken is a late delivery
-# and changes nothing; at the same time, a reset wins (calls go out; Codat says 429 if it must).
-# KEYS: the pause, the stream, the last event's time. ARGV: until (ms), now (ms), fields (JSON),
-# then Outbox.args, then the event's time (ms). A pause that only repeats (or shortens) the one
-# in force changes nothing and tells nothing.
-_PAUSE = (
-    EMIT
-    + """
-local last_at, last_kind = string.match(redis.call('GET', KEYS[3]) or '-1:none', '^(-?%d+):(%a+)$')
-local at = tonumber(ARGV[7])
-if at < tonumber(last_at) or (at == tonumber(last_at) and last_kind == 'resumed') then return 0 end
-redis.call('SET', KEYS[3], ARGV[7] .. ':paused')
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current >= tonumber(ARGV[1]) then return 0 end
-local fields = cjson.decode(ARGV[3])
-fields['derivedAt'] = ARGV[6]
-if current <= tonumber(ARGV[2]) then emit(KEYS[2], ARGV[4], ARGV[5], 'rate_limit.paused', fields) end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', math.max(1, tonumber(ARGV[1]) - tonumber(ARGV[2])))
-return 1
-"""
-)
-# KEYS: the pause, the stream, the last event's time. ARGV: fields (JSON), then Outbox.args,
-# then the event's time (ms). Resumed only if paused.
-_RESUME = (
-    EMIT
-    + """
-local last_at = string.match(redis.call('GET', KEYS[3]) or '-1:none', '^(-?%d+):')
-if tonumber(ARGV[5]) < tonumber(last_at) then return 0 end
-redis.call('SET', KEYS[3], ARGV[5] .. ':resumed')
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local fields = cjson.decode(ARGV[1])
-fields['derivedAt'] = ARGV[4]
-emit(KEYS[2], ARGV[2], ARGV[3], 'rate_limit.resumed', fields)
-redis.call('DEL', KEYS[1])
-return 1
-"""
-)
+from service.stores.outbox import Outbox
+from service.stores.scripts import Script
 
 
 class RateLimits:
     def __init__(self, redis: Redis, outbox: Outbox | None = None) -> None:
         self._redis = redis
         self._outbox = outbox or Outbox()
-        self._pause = redis.register_script(_PAUSE)
-        self._resume = redis.register_script(_RESUME)
+        self._pause = Script(redis, "rate_limit_pause")
+        self._resume = Script(redis, "rate_limit_resume")
 
     async def paused_until(self) -> int | None:
         """Epoch ms the pause lasts until, or None when calls may go out."""
@@ -82,9 +48,17 @@ class RateLimits:
             "codatEventType": codat_event_type,
         }
         fields = {k: v for k, v in fields.items() if v is not None}
-        args = [until_ms, now_ms(), orjson.dumps(fields), *self._outbox.args(), event_at_ms or now_ms()]
-        names = [RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream, RATE_LIMIT_LAST_EVENT_AT]
-        return bool(await self._pause(keys=names, args=args))
+        moved = await self._pause(
+            pause=RATE_LIMIT_PAUSED_UNTIL,
+            lifecycle=self._outbox.stream,
+            last_event=RATE_LIMIT_LAST_EVENT_AT,
+            until_ms=until_ms,
+            now=now_ms(),
+            fields=orjson.dumps(fields),
+            event_at=event_at_ms or now_ms(),
+            **self._outbox.args(),
+        )
+        return bool(moved)
 
     async def remember_deferred(self, job_id: str) -> None:
         await self._redis.sadd(RATE_LIMIT_DEFERRED, job_id)
@@ -104,8 +78,14 @@ class RateLimits:
             {"companyId": "", "occurredAt": occurred_at or iso(now_ms())}
             | {k: v for k, v in named.items() if v is not None}
         )
-        names = [RATE_LIMIT_PAUSED_UNTIL, self._outbox.stream, RATE_LIMIT_LAST_EVENT_AT]
-        await self._resume(keys=names, args=[fields, *self._outbox.args(), event_at_ms or now_ms()])
+        await self._resume(
+            pause=RATE_LIMIT_PAUSED_UNTIL,
+            lifecycle=self._outbox.stream,
+            last_event=RATE_LIMIT_LAST_EVENT_AT,
+            fields=fields,
+            event_at=event_at_ms or now_ms(),
+            **self._outbox.args(),
+        )
         job_ids = await self._redis.smembers(RATE_LIMIT_DEFERRED)
         if not job_ids:
             return 0

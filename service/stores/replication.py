@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from service.core.config import Settings
 
-log = structlog.get_logger("service.replication")
+log = structlog.get_logger(__name__)
 
 # How often the sentinels are asked which node is the primary, while the process runs.
 WATCH_INTERVAL_SECONDS = 1.0

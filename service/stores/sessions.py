@@ -1,4 +1,4 @@
-"""Console sessions ended by a logout (service.web.console.auth keeps the session itself in a
+"""Console sessions ended by a logout (service.web.auth keeps the session itself in a
 signed cookie). A logout writes the session's nonce here, kept exactly as long as the session
 would still have been valid, so a copy of the cookie opens nothing afterwards on any replica;
 the key then expires by itself and nothing grows."""

@@ -15,29 +15,21 @@ from redis.exceptions import RedisError
 
 from service.core.clock import now_ms
 from service.stores.keys import company_calls
-
-# KEYS[1]: the company's calls in flight. ARGV: now (ms), token, limit, lease (ms).
-# Returns 1 when the token took a slot, 0 when the company's slots are all in use.
-_TAKE = """
-local now, lease = tonumber(ARGV[1]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], lease)
-return 1
-"""
+from service.stores.scripts import Script
 
 
 class CompanySlots:
     def __init__(self, redis: Redis, limit: int, lease_ms: int) -> None:
         self._redis = redis
-        self._take = redis.register_script(_TAKE)
+        self._take = Script(redis, "company_slot_take")  # lua/company_slot_take.lua
         self.limit = limit
         self.lease_ms = lease_ms
 
     async def take(self, company_id: str, token: str) -> bool:
-        args = [now_ms(), token, self.limit, self.lease_ms]
-        return bool(await self._take(keys=[company_calls(company_id)], args=args))
+        taken = await self._take(
+            calls=company_calls(company_id), now=now_ms(), token=token, limit=self.limit, lease_ms=self.lease_ms
+        )
+        return bool(taken)
 
     async def give_back(self, company_id: str, token: str) -> None:
         # Without Redis the lease ends it: the call's own outcome is what matters now.

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD_BYTES = 64 * 1024
 
-log = structlog.get_logger("service.httpserver")
+log = structlog.get_logger(__name__)
 
 _BODY = b'{"status":"headers_too_large"}'
 _TOO_LARGE = (

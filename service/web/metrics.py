@@ -10,8 +10,9 @@ of that, and it scales the same way the processes do (more replicas).
 
 What is true of the whole service rather than of one process (queue depth, the age of the oldest
 job that is due, dead letters, whether a worker is polling, whether Codat calls are paused) is
-read from Redis when a web process is scraped. Every web replica reports the same values, so
-alert on max() across them.
+read from Redis when a web process is scraped, through the stores that own those keys
+(service.stores.activity, the reading the console's overview shows; service.stores.reconcile).
+Every web replica reports the same values, so alert on max() across them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,8 +28,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.stores import delivery_health, keys
+from service.stores import activity, delivery_health
 from service.stores.gaps import GapStore
+from service.stores.reconcile import ReconcileStore
+from service.web.deps import WebDeps
 
 # Web
 DELIVERIES = Counter(
@@ -135,31 +137,24 @@ def count_delivery(outcome: str, reason: str, event_type: str) -> None:
     counter.inc()
 
 
-async def read_service_state(redis: Redis) -> None:
-    now_ms = time.time() * 1000
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(keys.QUEUE_NAME)
-        pipe.zrangebyscore(keys.QUEUE_NAME, "-inf", now_ms, start=0, num=1, withscores=True)
-        pipe.hlen(keys.DEAD_LETTERS)
-        pipe.exists(keys.HEALTH_CHECK)
-        pipe.exists(keys.RATE_LIMIT_PAUSED_UNTIL)
-        pipe.get(keys.RECONCILE_LAST)
-        depth, oldest, letters, polling, paused, reconciled = await pipe.execute()
-    last_reconcile = orjson.loads(reconciled)["finishedAt"] / 1000 if reconciled else None
+async def read_service_state(state: dict[str, Any], reconciles: ReconcileStore) -> None:
+    """`state`: service.stores.activity.service_state, what the console's overview shows too."""
+    last = await reconciles.last()
+    oldest = state["oldestDueAgeSeconds"]
     STATE.values = {
-        **({"codat_reconcile_last_completed_timestamp_seconds": last_reconcile} if last_reconcile else {}),
-        "codat_queue_depth": depth,
-        "codat_queue_oldest_job_age_seconds": max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0,
-        "codat_dead_letters": letters,
-        "codat_worker_polling": 1 if polling else 0,
-        "codat_rate_limit_paused": 1 if paused else 0,
+        **({"codat_reconcile_last_completed_timestamp_seconds": last["finishedAt"] / 1000} if last else {}),
+        "codat_queue_depth": state["queueDepth"],
+        "codat_queue_oldest_job_age_seconds": oldest if oldest is not None else 0.0,
+        "codat_dead_letters": state["deadLetters"],
+        "codat_worker_polling": 1 if state["workerPolling"] else 0,
+        "codat_rate_limit_paused": 1 if state["rateLimitPaused"] else 0,
     }
 
 
-async def read_delivery_health(redis: Redis, silence_seconds: int) -> None:
+async def read_delivery_health(redis: Redis, gap_store: GapStore, silence_seconds: int) -> None:
     now = int(time.time() * 1000)
     health = await delivery_health.snapshot(redis, silence_seconds * 1000, now=now)
-    gaps = await GapStore(redis).list(limit=500, now=now)
+    gaps = await gap_store.list(limit=500, now=now)
     horizon = now - 14 * 24 * 3600 * 1000
     values: dict[str, list[tuple[list[str], float]]] = {
         "codat_webhook_last_accepted_timestamp_seconds": [
@@ -179,13 +174,14 @@ async def read_delivery_health(redis: Redis, silence_seconds: int) -> None:
     HEALTH.values = values
 
 
-def metrics_endpoint(redis: Redis, silence_seconds: int = 12 * 3600) -> Any:
+def metrics_endpoint(deps: WebDeps) -> Any:
+    silence_seconds = deps.settings.silence_alert_seconds
     SILENCE_THRESHOLD.set(silence_seconds)
 
     async def metrics(request: Request) -> Response:
         try:
-            await read_service_state(redis)
-            await read_delivery_health(redis, silence_seconds)
+            await read_service_state(await activity.service_state(deps.redis), deps.reconciles)
+            await read_delivery_health(deps.redis, deps.gaps, silence_seconds)
             REDIS_UP.set(1)
         except (RedisError, OSError):
             STATE.values = None  # absent, not stale: see SERVICE_STATE

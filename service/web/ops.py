@@ -1,15 +1,15 @@
-"""/ops: what operators ask the service. Mounted only when OPS_TOKEN is set (README, "The contract"), and
+"""/ops: what operators ask the service. Mounted only when OPS_TOKEN is set (README.md, "The contract"), and
 every request must carry `Authorization: Bearer $OPS_TOKEN`.
 
 Every route goes through one guard (`guarded`), so none can differ from the others in how it
-refuses a wrong token (compared in constant time, answered at the pace of service.web.guessing),
-in how it answers while Redis is away (503 with Retry-After, a JSON body, no traceback), or in
+refuses a wrong token (decided by the one authentication layer, service.web.auth, shared with the
+console: compared in constant time, answered at the pace of service.web.guessing), in how it
+answers while Redis is away (503 with Retry-After, a JSON body, no traceback), or in
 masking: every answer passes through the credential masker before it is written out, whatever a
 stored record holds. The headers (no-store, nosniff, ...) come from service.web.headers."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,40 +20,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core.clock import iso
-from service.core.logs import Masker
-from service.stores.connections import ConnectionStore
-from service.stores.deadletters import DeadLetters
-from service.stores.lifecycle import LifecycleStream
-from service.stores.reconcile import ReconcileStore
-from service.stores.syncs import SyncStore
-from service.web.guessing import WrongGuesses
+from service.web.auth import OpsAuth
+from service.web.deps import WebDeps
 
-log = structlog.get_logger("service.ops")
+log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SECONDS = 5  # while Redis is away
 Answer = tuple[Any, int]  # JSON content, status
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
-def ops_routes(
-    token: str,
-    connections: ConnectionStore,
-    dead_letters: DeadLetters,
-    syncs: SyncStore,
-    reconciles: ReconcileStore,
-    lifecycle: LifecycleStream,
-    *,
-    guesses: WrongGuesses,
-    mask: Masker,
-) -> list[Route]:
-    expected = f"Bearer {token}".encode()
+def ops_routes(deps: WebDeps, auth: OpsAuth) -> list[Route]:
+    connections, dead_letters, syncs = deps.connections, deps.dead_letters, deps.syncs
+    reconciles, lifecycle, mask = deps.reconciles, deps.lifecycle, deps.mask
 
     def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            given = request.headers.get("authorization", "").encode("latin-1")
-            if not hmac.compare_digest(given, expected):
-                log.warning("ops.unauthorized", path=request.url.path)
-                await guesses.wait_turn()
+            if not await auth.bearer(request):  # logged, and answered at its turn
                 return JSONResponse({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
             try:
                 content, status = await handler(request)

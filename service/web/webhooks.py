@@ -1,6 +1,6 @@
 """POST /webhooks/codat: read, verify, parse, dedup + enqueue, answer. Never calls Codat.
 
-Status codes (README, "The contract"): 202 new, 200 duplicate, 400 malformed body, 401 failed verification,
+Status codes (README.md, "The contract"): 202 new, 200 duplicate, 400 malformed body, 401 failed verification,
 413 body too large, 503 + Retry-After when the queue cannot be written (or, with REDIS_MIN_REPLICAS,
 not confirmed by that many replicas in time: service.stores.replication).
 
@@ -28,7 +28,7 @@ from service.stores.replication import NotReplicated
 from service.web.metrics import ACK_SECONDS, count_delivery
 from service.web.verification import Unverified, Verifier
 
-log = structlog.get_logger("service.webhooks")
+log = structlog.get_logger(__name__)
 
 # Codat retries a failed delivery on its own schedule; this is a hint for everyone else.
 RETRY_AFTER_SECONDS = 5

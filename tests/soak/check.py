@@ -18,7 +18,7 @@ from tests.soak.generator import History
 from tests.soak.model import Truth
 from tests.soak.procs import OPS_TOKEN, Stack, secret_forms
 
-# The service's lifecycle events (README "Lifecycle events"), read as any consumer would.
+# The service's lifecycle events (docs/integrator/lifecycle-events.md), read as any consumer would.
 LIFECYCLE_STREAM = "codat:lifecycle"
 
 

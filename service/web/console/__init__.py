@@ -3,25 +3,33 @@ not sync?" from what the workers keep in Redis. Mounted, like /ops, only when OP
 
 Templates (Jinja2, autoescaped) and the one stylesheet ship inside this package; the pages load
 nothing from another host and run no script, and every answer carries a Content-Security-Policy
-that forbids both (service.web.headers, for all of /ops)."""
+that forbids both (service.web.headers, for all of /ops).
+
+The modules: `views` (the guard and rendering every page goes through), one per area
+(`overview`, `companies`, `deliveries`, `dead_letters`, `session`), `forms`, `filters` (how the
+templates show values), `chart` and `explain`. Access is service.web.auth's, shared with /ops."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
-from service.core.config import Settings
-from service.web.console.views import BASE, HERE, Console
-from service.web.guessing import WrongGuesses
+from service.web.auth import OpsAuth
+from service.web.console import companies, dead_letters, deliveries, overview, session
+from service.web.console.filters import BASE, HERE
+from service.web.console.views import Console
+from service.web.deps import WebDeps
 
 
-def console_routes(settings: Settings, redis: Redis, guesses: WrongGuesses) -> list[BaseRoute]:
-    """`guesses`: the pace of wrong credentials, shared with the /ops bearer routes."""
-    console = Console(settings, redis, guesses)
+def console_routes(deps: WebDeps, auth: OpsAuth) -> list[BaseRoute]:
+    console = Console(deps, auth)
+    areas = (overview, session, companies, deliveries, dead_letters)
     pages = Router(
-        routes=[*console.routes(), Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static")]
+        routes=[
+            *(route for area in areas for route in area.routes(console)),
+            Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+        ]
     )
 
     async def to_console(request: object) -> RedirectResponse:

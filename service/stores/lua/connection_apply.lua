@@ -1,0 +1,77 @@
+-- A connection's status as of an event, by compare-and-set (service.stores.connections): written
+-- only by an event newer than the one that wrote the current status. The first-link mark, and the
+-- time the event gives for it, is kept whatever the outcome: a stale `connection.connected` still
+-- says the connection was once linked for the first time. Each call leaves one history entry; a
+-- change emits its lifecycle events before it is written.
+-- Returns {outcome (applied | stale | tied), status now, initialSync, firstLinkSeen, the event
+-- types emitted (a list)}.
+local connection = KEYS[1]           -- the connection's hash
+local history = KEYS[2]              -- its history (a list, newest first)
+local lifecycle = KEYS[3]            -- the lifecycle stream
+local company_connections = KEYS[4]  -- the company's connections (a set)
+local company_names = KEYS[5]        -- company id -> name (a hash)
+local status = ARGV[1]
+local event_at = ARGV[2]             -- ms
+local company_id = ARGV[3]
+local connection_id = ARGV[4]
+local event_type = ARGV[5]
+local now = ARGV[6]                  -- ms
+local authoritative = ARGV[7]        -- "1": Codat's own answer, the truth as of now
+local first_link = ARGV[8]           -- "1": the event says the connection was linked for the first time
+local webhook_id = ARGV[9]
+local occurred_at = ARGV[10]         -- ISO
+local company_name = ARGV[11]        -- "" when the event does not give it
+local first_link_at = ARGV[12]       -- ms: when the first link happened, as far as the event can tell
+local history_last = ARGV[13]        -- the last index of the history kept (HISTORY_LENGTH - 1)
+local history_ttl_ms = ARGV[14]      -- the history is kept this long after its last entry
+local outbox_maxlen = ARGV[15]       -- Outbox.args: the stream's bound,
+local event_id = ARGV[16]            -- the event id (each event emitted appends .1, .2, ...),
+local derived_at = ARGV[17]          -- the time of derivation (ISO)
+local schema_version = ARGV[18]      -- and the events' schema version
+
+-- include: outbox_emit
+
+local current, current_at, sync, seen = unpack(redis.call('HMGET', connection, 'status', 'statusAt',
+                                                           'initialSync', 'firstLinkSeen'))
+current_at = tonumber(current_at or '-1')
+local at = tonumber(event_at)
+local outcome = 'applied'
+if authoritative == '1' then
+  at = math.max(at, current_at)
+elseif at < current_at then
+  outcome = 'stale'
+elseif at == current_at and current and current ~= status then
+  outcome = 'tied'
+end
+if outcome == 'tied' then return {outcome, current, sync or false, seen or false, {}} end
+local newly_linked = first_link == '1' and not seen
+local kinds = {}
+if newly_linked then kinds[#kinds + 1] = 'connection.linked' end
+-- The reconcile's first sight of a connection (no state here yet) is not a change to tell of.
+if outcome == 'applied' and current ~= status and (current or event_type ~= 'reconcile') then
+  if status == 'Linked' and not newly_linked then kinds[#kinds + 1] = 'connection.relinked'
+  elseif status == 'Unlinked' then kinds[#kinds + 1] = 'connection.unlinked'
+  elseif status == 'Deauthorized' then kinds[#kinds + 1] = 'connection.deauthorized'
+  elseif status == 'Deleted' then kinds[#kinds + 1] = 'connection.deleted' end
+end
+local status_now = outcome == 'applied' and status or current
+for i, kind in ipairs(kinds) do
+  emit(lifecycle, outbox_maxlen, schema_version, event_id .. '.' .. i, kind, {
+    companyId = company_id, connectionId = connection_id, status = status_now, previousStatus = current or nil,
+    occurredAt = occurred_at, derivedAt = derived_at, webhookId = webhook_id, codatEventType = event_type})
+end
+redis.call('LPUSH', history, cjson.encode({at = tonumber(now), eventAt = tonumber(event_at),
+  from = current or nil, to = status, outcome = outcome, authoritative = authoritative == '1',
+  eventType = event_type, webhookId = webhook_id, emitted = kinds}))
+redis.call('LTRIM', history, 0, history_last)
+redis.call('PEXPIRE', history, history_ttl_ms)
+redis.call('SADD', company_connections, connection_id)
+if company_name ~= '' then redis.call('HSET', company_names, company_id, company_name) end
+if newly_linked then
+  redis.call('HSET', connection, 'firstLinkSeen', '1', 'firstLinkAt', first_link_at)
+  seen = '1'
+end
+if outcome == 'stale' then return {outcome, current, sync or false, seen or false, kinds} end
+redis.call('HSET', connection, 'status', status, 'statusAt', at, 'companyId', company_id,
+           'connectionId', connection_id, 'lastEventType', event_type, 'updatedAt', now)
+return {outcome, status, sync or false, seen or false, kinds}
