@@ -359,3 +359,27 @@ def sync_requested(client: httpx.Client, connection_id: str) -> bool:
 
 def idle(store: redis.Redis) -> bool:
     return store.zcard("arq:queue") == 0 and not store.keys("arq:in-progress:*")
+
+
+@contextmanager
+def fresh_sandbox(sandbox: Sandbox) -> Iterator[SandboxControl]:
+    """A test module's own sandbox process, reset, with no webhook consumer registered."""
+    control = SandboxControl(sandbox.url)
+    control.reset()
+    with control.api() as api:
+        for consumer in api.get("/webhooks").json()["results"]:
+            api.delete(f"/webhooks/{consumer['id']}")
+    try:
+        yield control
+    finally:
+        control.http.close()
+
+
+@contextmanager
+def workers_on(valkey_url: str, sandbox: Sandbox, log_dir: Path) -> Iterator[Workers]:
+    """Workers against a test module's own sandbox, stopped when the test ends."""
+    workers = Workers(valkey_url, sandbox.url, log_dir)
+    try:
+        yield workers
+    finally:
+        workers.stop()

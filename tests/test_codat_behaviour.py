@@ -24,10 +24,12 @@ from tests.support import (
     Workers,
     connection_event,
     deliver,
+    fresh_sandbox,
     idle,
     state,
     sync_requested,
     wait_until,
+    workers_on,
 )
 
 DEFAULT_FETCHED = ["company", "chartOfAccounts", "invoices", "bills", "customers", "suppliers"]
@@ -43,21 +45,16 @@ def slow_pulls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def codat(slow_pulls: Sandbox, web: Web) -> Iterator[SandboxControl]:
-    control = SandboxControl(slow_pulls.url)
-    control.reset()  # Codat's defaults: Fetch on first link on for DEFAULT_FETCHED
-    with control.api() as api:
-        for consumer in api.get("/webhooks").json()["results"]:
-            api.delete(f"/webhooks/{consumer['id']}")
-        assert api.post("/webhooks", json={"url": f"{web.url}/webhooks/codat"}).status_code == 201
-    yield control
-    control.http.close()
+    with fresh_sandbox(slow_pulls) as control:  # Codat's defaults: Fetch on first link on for DEFAULT_FETCHED
+        with control.api() as api:
+            assert api.post("/webhooks", json={"url": f"{web.url}/webhooks/codat"}).status_code == 201
+        yield control
 
 
 @pytest.fixture
 def pool(valkey: ValkeyServer, slow_pulls: Sandbox, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers(valkey.connection_url, slow_pulls.url, tmp_path)
-    yield workers
-    workers.stop()
+    with workers_on(valkey.connection_url, slow_pulls, tmp_path) as workers:
+        yield workers
 
 
 def linked_by_the_smb(codat: SandboxControl) -> tuple[str, str]:

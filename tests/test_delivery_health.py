@@ -34,12 +34,14 @@ from tests.support import (
     deliver,
     example,
     free_port,
+    fresh_sandbox,
     idle,
     service_env,
     sign,
     state,
     wait_until,
     worker_env,
+    workers_on,
 )
 from workers.delivery_watch import REQUIRED_EVENT_TYPES, assess, normalise
 
@@ -55,20 +57,14 @@ def own_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def codat(own_sandbox: Sandbox) -> Iterator[SandboxControl]:
-    control = SandboxControl(own_sandbox.url)
-    control.reset()
-    with control.api() as api:
-        for consumer in api.get("/webhooks").json()["results"]:
-            api.delete(f"/webhooks/{consumer['id']}")
-    yield control
-    control.http.close()
+    with fresh_sandbox(own_sandbox) as control:
+        yield control
 
 
 @pytest.fixture
 def pool(valkey: ValkeyServer, own_sandbox: Sandbox, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers(valkey.connection_url, own_sandbox.url, tmp_path)
-    yield workers
-    workers.stop()
+    with workers_on(valkey.connection_url, own_sandbox, tmp_path) as workers:
+        yield workers
 
 
 def hook_url(web: Web) -> str:

@@ -28,12 +28,14 @@ from tests.support import (
     connection_event,
     deliver,
     free_port,
+    fresh_sandbox,
     idle,
     iso_at,
     state,
     sync_requested,
     wait_until,
     worker_env,
+    workers_on,
 )
 
 # Codat's ~28 h of retries in about 3 s.
@@ -51,20 +53,14 @@ def own_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def codat(own_sandbox: Sandbox) -> Iterator[SandboxControl]:
-    control = SandboxControl(own_sandbox.url)
-    control.reset()
-    with control.api() as api:
-        for consumer in api.get("/webhooks").json()["results"]:
-            api.delete(f"/webhooks/{consumer['id']}")
-    yield control
-    control.http.close()
+    with fresh_sandbox(own_sandbox) as control:
+        yield control
 
 
 @pytest.fixture
 def pool(valkey: ValkeyServer, own_sandbox: Sandbox, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers(valkey.connection_url, own_sandbox.url, tmp_path)
-    yield workers
-    workers.stop()
+    with workers_on(valkey.connection_url, own_sandbox, tmp_path) as workers:
+        yield workers
 
 
 def register(codat: SandboxControl, url: str) -> None:
