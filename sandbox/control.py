@@ -5,7 +5,8 @@ revoking access) and let tests seed state, switch faults on and read back what h
 - POST /_sandbox/companies/{id}/link: the same, for scripts ({"platformKey": "mqjo"} optional)
 - POST /_sandbox/companies/{id}/connections/{id}/deauthorize | relink
 - PUT /_sandbox/companies/{id}/connections/{id}: seed a connection in a status (no events);
-  {"status", "created", "pulls": [dataType, ...]} (pulls completed when it was created);
+  {"status", "created", "pulls": [dataType, ...]} (pulls completed when it was created),
+  "firstLink": true (Linked just now: Codat's Fetch-on-first-link pulls start, as on a Link);
   "Deleted": the company only, without that connection
 - PUT /_sandbox/fetch-on-first-link: {"dataTypes": [...]}: the client's sync settings with Fetch on
   first link on for exactly those (a first link queues them by itself; data/all queues them)
@@ -89,6 +90,10 @@ def control_routes(sandbox: Sandbox, lifecycle: Lifecycle) -> list[Route]:
         )
         if isinstance(body.get("created"), str):
             connection["created"] = body["created"]
+        if body.get("firstLink") and connection["status"] == "Linked":
+            # As a Link would: Codat's own Fetch-on-first-link pulls start (sandbox.lifecycle).
+            wanted = sandbox.fetch_on_first_link(company)
+            lifecycle.queue_pulls(company, connection["id"], [t for t in wanted if not sandbox.in_progress(company, t)])
         # Pulls done long ago (a connection synced before the service was deployed): complete.
         for data_type in body.get("pulls") or []:
             pull = sandbox.queue_pull(company, connection["id"], str(data_type), requested=connection["created"])

@@ -81,7 +81,8 @@ def with_sandbox_ids(body: dict[str, Any], base_url: str) -> tuple[dict[str, Any
     connection = made.get("connection_id") or str(uuid.uuid4())
     seeded = httpx.put(
         f"{base_url.rstrip('/')}/_sandbox/companies/{made['company_id']}/connections/{connection}",
-        json={"status": status if status in (*SEEDABLE, "Deleted") else "Linked"},
+        # a first link starts Codat's own first pulls, as the Link flow does
+        json={"status": status if status in (*SEEDABLE, "Deleted") else "Linked", "firstLink": event.first_link},
         timeout=10,
     )
     seeded.raise_for_status()

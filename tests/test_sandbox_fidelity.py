@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -184,3 +185,22 @@ async def test_fetch_on_first_link_queues_pulls_when_a_connection_first_links(co
     assert sorted(p["dataType"] for p in history) == ["bills", "invoices"]
     assert {p["connectionId"] for p in history} == {connection}
     assert (await codat.put("/_sandbox/fetch-on-first-link", json={"dataTypes": "all"})).status_code == 400
+
+
+async def test_a_seeded_first_link_starts_codats_own_pulls_and_a_plain_seed_does_not(codat: httpx.AsyncClient) -> None:
+    # `codat-webhooks send connection.connected` seeds with firstLink, as a Link would start them
+    company, first, plain = (str(uuid.uuid4()) for _ in range(3))
+    seed = f"/_sandbox/companies/{company}/connections/"
+    assert (await codat.put(seed + plain, json={"status": "Linked"})).status_code == 200
+    assert not (await codat.get(f"/companies/{company}/data/history")).json()["results"]
+    assert (await codat.put(seed + first, json={"status": "Linked", "firstLink": True})).status_code == 200
+    history = (await codat.get(f"/companies/{company}/data/history")).json()["results"]
+    assert {p["connectionId"] for p in history} == {first}
+    assert {p["dataType"] for p in history} == {
+        "company",
+        "chartOfAccounts",
+        "invoices",
+        "bills",
+        "customers",
+        "suppliers",
+    }
