@@ -82,9 +82,9 @@ class Deps:
             syncs=SyncStore(redis, outbox),
             dead_letters=DeadLetters(redis, settings.credentials()),  # masked before written
             rate_limits=rate_limits,
-            reconciles=ReconcileStore(redis),
+            reconciles=ReconcileStore(redis, Replication.of(settings)),
             history=HistoryStore(redis),
-            companies=CompanyRefreshes(redis),
+            companies=CompanyRefreshes(redis, Replication.of(settings)),
             codat=codat,
             fetch_on_first_link=FetchOnFirstLink(codat),
             queue=queue,

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from service.stores.keys import company_connections, company_refresh_lock, company_refreshed_all
 from service.stores.keys import connection as connection_key
+from service.stores.replication import PRIMARY_ONLY, Replication, execute
 from service.stores.scripts import Script
 
 # How long a data/all is remembered as covering its connections: long past any delivery delay
@@ -17,8 +18,9 @@ COVERED_TTL_SECONDS = 3 * 24 * 3600
 
 
 class CompanyRefreshes:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, replication: Replication = PRIMARY_ONLY) -> None:
         self._redis = redis
+        self._replication = replication
         self._linked = Script(redis, "company_linked")
         self._unlock = Script(redis, "company_unlock")
 
@@ -26,7 +28,13 @@ class CompanyRefreshes:
         return bool(await self._redis.sismember(company_refreshed_all(company_id), connection_id))
 
     async def lock(self, company_id: str, owner: str, lease_ms: int) -> bool:
-        return bool(await self._redis.set(company_refresh_lock(company_id), owner, nx=True, px=lease_ms))
+        """The company's data/all lock, on REDIS_MIN_REPLICAS replicas before this returns (it
+        guards a Codat call: a lock lost in a failover would let another job call at once):
+        else NotReplicated, a RedisError, and the job retries."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(company_refresh_lock(company_id), owner, nx=True, px=lease_ms)
+        (taken,) = await execute(self._redis, pipe, self._replication)
+        return bool(taken)
 
     async def unlock(self, company_id: str, owner: str) -> None:
         await self._unlock(lock=company_refresh_lock(company_id), owner=owner)

@@ -12,12 +12,14 @@ from redis.asyncio import Redis
 
 from service.core.clock import now_ms
 from service.stores.keys import DEPLOYED_AT, RECONCILE_LAST, RECONCILE_LOCK, RECONCILE_RUN
-from service.stores.scripts import Script, text
+from service.stores.replication import PRIMARY_ONLY, Replication, execute
+from service.stores.scripts import Script, decoded, text
 
 
 class ReconcileStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, replication: Replication = PRIMARY_ONLY) -> None:
         self._redis = redis
+        self._replication = replication
         # lua/reconcile_*.lua
         self._start = Script(redis, "reconcile_start")
         self._advance = Script(redis, "reconcile_advance")
@@ -35,8 +37,12 @@ class ReconcileStore:
     async def start(
         self, run_id: str, lease_ms: int, *, dry_run: bool = False, company: str = ""
     ) -> tuple[str, int] | None:
-        """(run id, page to do) of the run this caller now holds, or None if one is running."""
-        held = await self._start(
+        """(run id, page to do) of the run this caller now holds, or None if one is running. The
+        lock is on REDIS_MIN_REPLICAS replicas before this returns (the run calls Codat next):
+        else NotReplicated, a RedisError, and the tick or page retries."""
+        pipe = self._redis.pipeline(transaction=False)
+        self._start.stage(
+            pipe,
             lock=RECONCILE_LOCK,
             run=RECONCILE_RUN,
             run_id=run_id,
@@ -45,6 +51,7 @@ class ReconcileStore:
             dry_run=int(dry_run),
             company=company,
         )
+        (held,) = decoded(await execute(self._redis, pipe, self._replication))
         if not held:
             return None
         return held[0], int(held[1])

