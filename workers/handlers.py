@@ -49,6 +49,7 @@ from service.core.catalogue import KNOWN_EVENTS, LIFECYCLE_FROM_CODAT, LIFECYCLE
 from service.stores import keys
 from service.stores.keys import ARQ_MAX_TRIES, HANDLERS_GROUP, RUN_HANDLER, handler_job_id
 from service.stores.lifecycle import decode
+from service.stores.replication import PRIMARY_ONLY, Replication, execute
 from workers.api import Handler, registered_types
 from workers.api import on as on  # the integrators' import path before workers.api: still works
 from workers.job import Job
@@ -172,9 +173,19 @@ def by_name(registry: dict[str, dict[str, Handler]]) -> dict[str, Handler]:
 class Dispatcher:
     """Stream -> one handler job per (handler, event), in the handlers' consumer group."""
 
-    def __init__(self, redis: ArqRedis, stream: str, registry: dict[str, dict[str, Handler]], consumer: str) -> None:
-        """`redis`: the worker's arq client, which queues the handler jobs as arq's own."""
+    def __init__(
+        self,
+        redis: ArqRedis,
+        stream: str,
+        registry: dict[str, dict[str, Handler]],
+        consumer: str,
+        replication: Replication = PRIMARY_ONLY,
+    ) -> None:
+        """`redis`: the worker's arq client, which queues the handler jobs as arq's own.
+        `replication`: a handler's "queued once" mark (and the job before it, on the same
+        client) is on that many replicas before the stream entry is acknowledged."""
         self._redis = redis
+        self._replication = replication
         self._stream = stream
         self._registry = registry
         self._consumer = consumer
@@ -252,7 +263,11 @@ class Dispatcher:
         if await self._redis.exists(marker):
             return
         await self._redis.enqueue_job(RUN_HANDLER, name, event, _job_id=handler_job_id(name, event["id"]))
-        await self._redis.set(marker, 1, ex=keys.TRACE_TTL_SECONDS)
+        # Replicated before the entry is acknowledged: short (NotReplicated, a RedisError), the
+        # entry stays pending and is dispatched again, where arq refuses the same job id.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(marker, 1, ex=keys.TRACE_TTL_SECONDS)
+        await execute(self._redis, pipe, self._replication)
 
 
 async def run_handler(ctx: dict[str, Any], name: str, event: dict[str, Any]) -> str:

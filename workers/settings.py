@@ -25,6 +25,7 @@ from service.stores.keys import (
     RECONCILE_PAGE,
     RUN_HANDLER,
 )
+from service.stores.replication import Replication
 from workers import metrics
 from workers.delivery_watch import delivery_watch_tick
 from workers.deps import Deps
@@ -46,7 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["deps"] = deps = Deps.build(settings, ctx["redis"], handlers=by_name(registry))
     if registry:
         consumer = f"worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        dispatcher = Dispatcher(ctx["redis"], settings.events_stream, registry, consumer)
+        dispatcher = Dispatcher(ctx["redis"], settings.events_stream, registry, consumer, Replication.of(settings))
         ctx["_dispatcher"] = asyncio.create_task(dispatcher.run())
         log.info("handlers.loaded", module=settings.handlers, handlers=sorted(deps.handlers))
     await deps.reconciles.mark_deployed()
