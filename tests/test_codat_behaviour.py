@@ -145,6 +145,30 @@ def test_auto_requests_what_codat_was_expected_to_start_and_did_not(
     assert queued(codat, company, "invoices") == 1 and queued(codat, company, "bills") == 1
 
 
+def test_the_check_waits_out_a_429_and_a_refusal_ends_it_without_a_dead_letter(
+    codat: SandboxControl, client: httpx.Client, store: redis.Redis, pool: Workers
+) -> None:
+    # The check job's own failure paths: Codat's 429 defers it (by Retry-After) and it goes on;
+    # a 4xx ends it with an error line, not a dead letter (it is not a delivery to replay).
+    pool.start(1, CODAT_INITIAL_SYNC="auto", CODAT_SYNC_DATA_TYPES="invoices", CODAT_INITIAL_PULLS_CHECK_SECONDS="1")
+    deferred, refused = (str(uuid.uuid4()), str(uuid.uuid4())), (str(uuid.uuid4()), str(uuid.uuid4()))
+    for company, connection in (deferred, refused):
+        codat.seed(company, connection, "Linked")
+    codat.faults(deferred[0], {"status": 429, "retryAfter": 0.5, "times": 1, "match": "/data/history"})
+    codat.faults(refused[0], {"status": 403, "times": 1, "match": "/data/history"})
+    before = letters(store)
+    for company, connection in (deferred, refused):
+        deliver(client, connection_event("connection.connected", company, connection))
+    wait_until(lambda: events(pool, "sync.initial_requested_after_check"), what="the deferred check went on")
+    wait_until(lambda: events(pool, "sync.initial_check_failed"), what="the refused check ended")
+    [waited] = events(pool, "sync.initial_check_deferred")
+    assert waited["reason"] == "RateLimited" and waited["company_id"] == deferred[0]
+    [failed] = events(pool, "sync.initial_check_failed")
+    assert failed["status"] == 403 and failed["company_id"] == refused[0]
+    assert queued(codat, deferred[0], "invoices") == 1 and queued(codat, refused[0], "invoices", ok=None) == 0
+    assert letters(store) == before
+
+
 def test_a_company_s_own_settings_win_over_the_client_s(
     codat: SandboxControl, client: httpx.Client, store: redis.Redis, pool: Workers
 ) -> None:
