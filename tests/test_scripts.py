@@ -28,6 +28,7 @@ from service.stores.gaps import GapStore
 from service.stores.outbox import Outbox
 from service.stores.rate_limit import RateLimits
 from service.stores.reconcile import ReconcileStore
+from service.stores.replication import PRIMARY_ONLY, execute
 from service.stores.slots import CompanySlots
 from service.stores.syncs import SyncStore
 
@@ -58,7 +59,7 @@ def test_every_script_file_declares_its_inputs_and_is_called_by_a_store_by_name(
     names = {path.stem for path in scripts.LUA.glob("*.lua")} - FRAGMENTS
     called = set()
     for module in STORES.glob("*.py"):
-        called |= set(re.findall(r'Script\(redis, "(\w+)"\)', module.read_text()))
+        called |= set(re.findall(r'Script\((?:redis|None), "(\w+)"\)', module.read_text()))
     assert names == called
     for name in names:
         signature = scripts.signature(name)
@@ -221,9 +222,27 @@ def test_connection_claim_staged_in_a_pipeline(valkey: ValkeyServer, store: redi
         claim = scripts.Script(client, "connection_claim")
         pipe = client.pipeline(transaction=False)
         claim.stage(pipe, connection=keys.connection("conn"), owner="o", now=int(time.time() * 1000), lease_ms=5000)
-        return list(await pipe.execute())
+        return list(await execute(client, pipe, PRIMARY_ONLY))
 
     assert run(valkey, work) == [b"claimed"]
+
+
+def test_a_staged_script_redis_lost_is_loaded_and_only_it_sent_again(valkey: ValkeyServer, store: redis.Redis) -> None:
+    """A restarted Redis, or a replica promoted by a failover, has no scripts: the EVALSHA that
+    met NOSCRIPT ran nothing and goes again once loaded; the pipeline's other commands ran once."""
+    _linked(store)
+
+    async def work(client: Redis) -> list[Any]:
+        await client.script_flush()
+        claim = scripts.Script(client, "connection_claim")
+        pipe = client.pipeline(transaction=False)
+        pipe.incr("counted")
+        claim.stage(pipe, connection=keys.connection("conn"), owner="o", now=int(time.time() * 1000), lease_ms=5000)
+        pipe.incr("counted")
+        return list(await execute(client, pipe, PRIMARY_ONLY))
+
+    assert run(valkey, work) == [1, b"claimed", 2]
+    assert store.get("counted") == b"2"
 
 
 def test_connection_settle_marks_requested_and_emits(valkey: ValkeyServer, store: redis.Redis) -> None:

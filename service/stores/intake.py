@@ -26,36 +26,7 @@ from service.core.events import Event
 from service.stores import keys
 from service.stores.keys import JOB_TTL_MS, QUEUE_NAME, QUEUE_WAKE, REPLICATION_BARRIER, serialize_job
 from service.stores.replication import PRIMARY_ONLY, PrimaryWatch, Replication, execute
-
-# One call for a whole batch. KEYS: the queue, the replication barrier, then per event its dedup
-# key and job key. ARGV: dedup ttl (s), job ttl (ms), the workers' wake channel, "1" when replicas
-# must confirm, then per event its job id, job and score (ms). Returns 1 (queued) or 0 (seen
-# before) per event, in order. A batch that queued anything publishes one message, which wakes the
-# waiting workers (workers.worker). A batch that found a duplicate while replicas must confirm
-# writes the barrier, so that its WAIT also covers the original's write (keys.REPLICATION_BARRIER).
-_ENQUEUE_ONCE = """
-local queued, any, seen = {}, false, false
-for i = 3, #KEYS, 2 do
-  local arg = 5 + (i - 3) / 2 * 3
-  if redis.call('SET', KEYS[i], ARGV[arg + 2], 'NX', 'EX', ARGV[1]) then
-    redis.call('SET', KEYS[i + 1], ARGV[arg + 1], 'PX', ARGV[2])
-    redis.call('ZADD', KEYS[1], ARGV[arg + 2], ARGV[arg])
-    queued[#queued + 1] = 1
-    any = true
-  else
-    queued[#queued + 1] = 0
-    seen = true
-  end
-end
-if any then
-  redis.call('PUBLISH', ARGV[3], '1')
-end
-if seen and ARGV[4] == '1' then
-  redis.call('INCR', KEYS[2])
-end
-return queued
-"""
-
+from service.stores.scripts import Script
 
 _Pending = tuple[str, str, str, bytes, int, "asyncio.Future[bool]"]
 # A script call blocks Redis while it runs: a burst goes out in calls of at most this many.
@@ -75,6 +46,7 @@ class Intake:
         self._redis = redis
         self._dedup_ttl = dedup_ttl_seconds  # Settings.dedup_ttl_seconds: past Codat's 14-day Portal replay
         self._replication = replication
+        self._enqueue = Script(redis, "intake_enqueue")  # lua/intake_enqueue.lua
         # The role check: a primary the sentinels replaced is left within a second, even when
         # nothing else (a failing WAIT, READONLY) says so.
         self._watch = PrimaryWatch(redis)
@@ -129,13 +101,11 @@ class Intake:
             self._slots.release()
 
     async def _write(self, names: list[Any], args: list[Any]) -> list[Any]:
-        # EVAL, not EVALSHA: it survives a Redis restart that emptied the script cache, and
-        # Redis caches the compiled script by its hash all the same.
         if not self._replication.replicas:
-            results: list[Any] = await self._redis.eval(_ENQUEUE_ONCE, len(names), *names, *args)
+            results: list[Any] = await self._enqueue(batch_keys=names, batch_args=args)
             return results
         # The WAIT on the connection that wrote, in the same round trip (NotReplicated if short).
         pipe = self._redis.pipeline(transaction=False)
-        pipe.eval(_ENQUEUE_ONCE, len(names), *names, *args)
+        self._enqueue.stage(pipe, batch_keys=names, batch_args=args)
         (results,) = await execute(self._redis, pipe, self._replication)
         return results

@@ -27,6 +27,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from service.core.config import Settings
+from service.stores.scripts import load, lost_scripts
 
 log = structlog.get_logger(__name__)
 
@@ -55,11 +56,42 @@ PRIMARY_ONLY = Replication()  # today's behaviour: the primary's answer is enoug
 async def execute(redis: Redis, pipe: Pipeline, replication: Replication) -> list[Any]:
     """Run `pipe` (transaction=False, the writes staged) and, in the same round trip on the
     same connection, WAIT for the replicas. The pipeline's answers, the WAIT's left off; raises
-    NotReplicated when too few replicas confirmed."""
+    the first command's error as redis-py does, or NotReplicated when too few replicas confirmed.
+
+    A staged script (scripts.Script.stage, EVALSHA) that Redis no longer has (restarted, or a
+    replica promoted) ran nothing: it is loaded, and those calls alone sent again with a WAIT of
+    their own, whose answer is the one that counts (a replication offset is the primary's, not
+    the connection's: that later WAIT covers the first pipeline's writes too)."""
+    staged = list(pipe.command_stack)  # execute() empties it
+    results, acknowledged = await _send(redis, pipe, replication)
+    if lost := lost_scripts(results):
+        commands = [staged[i] for i in lost]
+        await load(redis, [args for args, _ in commands])
+        again = redis.pipeline(transaction=False)
+        for args, options in commands:
+            again.execute_command(*args, **options)
+        retried, acknowledged = await _send(redis, again, replication)
+        for i, result in zip(lost, retried, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    if replication.replicas and acknowledged < replication.replicas:
+        if acknowledged == 0:
+            # No replica at all: most likely a primary the others have left (cut off and
+            # replaced, or demoted): ask the sentinels again rather than keep writing to it.
+            await drop_connections(redis, "no_replica_acknowledged")
+        raise NotReplicated(f"{acknowledged} of {replication.replicas} replicas confirmed the write")
+    return results
+
+
+async def _send(redis: Redis, pipe: Pipeline, replication: Replication) -> tuple[list[Any], int]:
+    """The pipeline's answers, errors in place (raise_on_error=False), and how many replicas
+    confirmed them (0 when none are required)."""
     if replication.replicas:
         pipe.execute_command("WAIT", replication.replicas, replication.timeout_ms)
     try:
-        results: list[Any] = await pipe.execute()
+        results: list[Any] = await pipe.execute(raise_on_error=False)
     except ConnectionError as exc:
         # redis-py turns READONLY from a Sentinel-managed primary into a ConnectionError ("now a
         # slave"): every pooled connection is on that node, not only the one that heard it.
@@ -67,15 +99,11 @@ async def execute(redis: Redis, pipe: Pipeline, replication: Replication) -> lis
             await drop_connections(redis, "readonly")
         raise
     if not replication.replicas:
-        return results
-    acknowledged = int(results.pop())
-    if acknowledged < replication.replicas:
-        if acknowledged == 0:
-            # No replica at all: most likely a primary the others have left (cut off and
-            # replaced, or demoted): ask the sentinels again rather than keep writing to it.
-            await drop_connections(redis, "no_replica_acknowledged")
-        raise NotReplicated(f"{acknowledged} of {replication.replicas} replicas confirmed the write")
-    return results
+        return results, 0
+    acknowledged = results.pop()
+    if isinstance(acknowledged, Exception):
+        raise acknowledged
+    return results, int(acknowledged)
 
 
 async def drop_connections(redis: Redis, reason: str) -> None:

@@ -16,9 +16,13 @@ Fragments several scripts share (the outbox's `emit`) are files of their own, pu
 `-- include: <name>` (the file's text replaces the line; one level deep). Nothing else is done
 to a script's text: no substitution, so what Redis runs is what the file says.
 
-A script runs by EVALSHA, loaded again if Redis lost its cache (redis-py's Script); staged in a
-pipeline (`Script.stage`) it goes as EVAL, so the pipeline needs no SCRIPT LOAD round trip of its
-own and survives a Redis that restarted with an empty cache.
+A script runs by EVALSHA: its text crosses the network and is hashed by Redis once, not on
+every call (the intake's batch and the workers' claim run thousands of times a second). A Redis
+that lost its script cache (a restart, a replica promoted by a failover) answers NOSCRIPT: the
+script is loaded and the call made again, which is safe because a NOSCRIPT call ran nothing.
+Staged in a pipeline (`Script.stage`) it goes as EVALSHA too, and the one who runs the pipeline
+(service.stores.replication.execute) sends again, after loading, only the calls that met
+NOSCRIPT (`lost_scripts`, `load`).
 
 Replies have one decoding policy, whatever client called (the web's speaks bytes; a test's may
 speak str): `decoded` turns every bytes in a reply into str, and `text` is the same for one
@@ -28,16 +32,20 @@ value read by a plain command (HGETALL fields, SMEMBERS, ...). Every store uses 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 LUA = Path(__file__).resolve().parent / "lua"
 _DECLARATION = re.compile(r"^local\s+(\w+)\s*=\s*(KEYS|ARGV)(?:\[(\d+)\])?\s*(?:--.*)?$")
 _INCLUDE = re.compile(r"^--\s*include:\s*(\w+)\s*$")
+# Every script's text by its SHA1, for loading again what a pipeline's EVALSHA did not find.
+_BY_SHA: dict[str, str] = {}
 
 
 def text(value: Any) -> str:
@@ -100,13 +108,16 @@ def signature(name: str) -> Signature:
 
 
 class Script:
-    """One script of service/stores/lua, registered on `redis` and called with named inputs."""
+    """One script of service/stores/lua, called with named inputs on `redis` (or, with `run`, on
+    another client: the workers' queue scripts serve whichever client the caller holds)."""
 
-    def __init__(self, redis: Redis, name: str) -> None:
+    def __init__(self, redis: Redis | None, name: str) -> None:
         self.name = name
         self.source = source(name)
         self.signature = signature(name)
-        self._script = redis.register_script(self.source)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        _BY_SHA[self.sha] = self.source
+        self._redis = redis
         sig = self.signature
         self._wanted = {*sig.keys, *sig.args, *(n for n in (sig.all_keys, sig.all_args) if n)}
 
@@ -122,10 +133,37 @@ class Script:
         return keys, args
 
     async def __call__(self, **named: Any) -> Any:
+        if self._redis is None:
+            raise TypeError(f"{self.name}.lua: made without a client, call it with run(redis, ...)")
+        return await self.run(self._redis, **named)
+
+    async def run(self, redis: Redis, **named: Any) -> Any:
+        return decoded(await self.raw(redis, **named))
+
+    async def raw(self, redis: Redis, **named: Any) -> Any:
+        """The reply as Redis gave it (bytes stay bytes: the job queue's claim returns jobs,
+        which are not text)."""
         keys, args = self.positions(named)
-        return decoded(await self._script(keys=keys, args=args))
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
 
     def stage(self, pipe: Pipeline, **named: Any) -> None:
-        """Queue the call in `pipe` (as EVAL); its reply comes back, undecoded, with the pipeline's."""
+        """Queue the call in `pipe` (as EVALSHA); its reply comes back, undecoded, with the
+        pipeline's. Run the pipeline with service.stores.replication.execute, which loads the
+        script again if Redis lost it."""
         keys, args = self.positions(named)
-        pipe.eval(self.source, len(keys), *keys, *args)
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def lost_scripts(results: list[Any]) -> list[int]:
+    """The positions, in a pipeline's answers (raise_on_error=False), of calls that met NOSCRIPT."""
+    return [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+
+
+async def load(redis: Redis, commands: list[tuple[Any, ...]]) -> None:
+    """SCRIPT LOAD the scripts these staged EVALSHA commands call (ours, by their SHA1)."""
+    for sha in {text(command[1]) for command in commands}:
+        await redis.script_load(_BY_SHA[sha])

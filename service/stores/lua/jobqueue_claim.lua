@@ -1,0 +1,46 @@
+-- Claim up to `want` due jobs of arq's queue at once (service.stores.jobqueue), as arq's
+-- `start_jobs` checks one at a time: a job is taken when it is due (score <= now) and its
+-- in-progress key did not exist, which is then set with arq's own key, value and timeout.
+-- With start = "1", also what arq's `run_job` opens with, per job claimed: GET the job, and
+-- count the try (SET 1 NX EX on a first try, INCR + EXPIRE on a later one).
+-- Returns {id1, score1, id2, score2, ...} in queue order (with start: {id1, score1, job1 or ""
+-- when its key is gone, try1, ...}), then the next future score ("" when there is none) last.
+local queue = KEYS[1]
+local now = ARGV[1]            -- ms
+local want = ARGV[2]           -- most jobs to claim
+local ttl = ARGV[3]            -- the in-progress key's (ms): arq's job timeout + its margin
+local scan = ARGV[4]           -- most queue entries to look at
+local prefix = ARGV[5]         -- arq's in-progress key prefix
+local start = ARGV[6]          -- "1": start the jobs too
+local job_prefix = ARGV[7]     -- arq's job key prefix
+local retry_prefix = ARGV[8]   -- arq's retry counter prefix
+local retry_ttl = ARGV[9]      -- the retry counter's (s)
+
+want, scan, start = tonumber(want), tonumber(scan), start == '1'
+local out, claimed, offset = {}, 0, 0
+while claimed < want and offset < scan do
+  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, 100)
+  if #due == 0 then break end
+  for i = 1, #due, 2 do
+    if redis.call('SET', prefix .. due[i], '1', 'NX', 'PX', ttl) then
+      out[#out + 1] = due[i]
+      out[#out + 1] = due[i + 1]
+      if start then
+        out[#out + 1] = redis.call('GET', job_prefix .. due[i]) or ''
+        local retry = retry_prefix .. due[i]
+        if redis.call('SET', retry, '1', 'NX', 'EX', retry_ttl) then
+          out[#out + 1] = 1
+        else
+          out[#out + 1] = redis.call('INCR', retry)
+          redis.call('EXPIRE', retry, retry_ttl)
+        end
+      end
+      claimed = claimed + 1
+      if claimed >= want then break end
+    end
+  end
+  offset = offset + #due / 2
+end
+local later = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+out[#out + 1] = later[2] or ''
+return out
