@@ -3,12 +3,17 @@ first links, 80% read.completed) against the sandbox Codat answering at once, Re
 and the whole `INFO commandstats` delta is printed per event, most first. The profile in
 bench/README.md was taken with it.
 
-    python -m bench.profile [--backlog 5000] [--workers 1] [--rounds 1]
+    python -m bench.profile [--backlog 5000] [--workers 1] [--rounds 1] [--cprofile FILE]
+
+With --cprofile, the (last) worker runs under cProfile and its top functions by own time are
+printed (the worker's CPU per event is slower so: read the shares, not the figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pstats
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +29,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--kind", default="service", choices=("service", "floor"))
+    parser.add_argument("--cprofile", type=Path, help="run the worker under cProfile, its stats written here")
     args = parser.parse_args()
+    if args.cprofile:
+        os.environ["BENCH_WORKER_CPROFILE"] = str(args.cprofile.resolve())
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         stack = Stack(scratch, 1.0, signing_secret(scratch))
@@ -38,6 +46,10 @@ def main() -> int:
                 print("\n".join(redisstats.commandstats_table(delta, done)))
         finally:
             stack.stop()
+    if args.cprofile:
+        stats = pstats.Stats(str(args.cprofile))
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(40)
     return 0
 
 

@@ -31,6 +31,7 @@ class Snapshot:
     reads: int
     cpu: float
     memory: int
+    usec: dict[str, int] = field(default_factory=dict)  # time inside each command (commandstats)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Delta:
     reads: int = 0
     cpu: float = 0.0
     memory: int = 0
+    usec: dict[str, int] = field(default_factory=dict)
 
     def per_event(self, events: int) -> dict[str, Any]:
         """The figures the tables print, per event."""
@@ -56,11 +58,13 @@ class Delta:
 def snapshot(store: redis.Redis) -> Snapshot:
     info = store.info("all")
     calls = {key[len("cmdstat_") :]: value["calls"] for key, value in info.items() if key.startswith("cmdstat_")}
+    usec = {key[len("cmdstat_") :]: value["usec"] for key, value in info.items() if key.startswith("cmdstat_")}
     return Snapshot(
         calls=calls,
         reads=int(info["total_reads_processed"]),
         cpu=float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
         memory=int(info["used_memory"]),
+        usec=usec,
     )
 
 
@@ -78,14 +82,21 @@ def delta(before: Snapshot, after: Snapshot, own: dict[str, int] | None = None) 
         reads=after.reads - before.reads - sum(own.values()),
         cpu=after.cpu - before.cpu,
         memory=after.memory - before.memory,
+        usec={name: after.usec.get(name, 0) - before.usec.get(name, 0) for name in calls},
     )
 
 
 def commandstats_table(d: Delta, events: int) -> list[str]:
-    """Every command of a delta, per event, most first: the profile (bench/README.md)."""
+    """Every command of a delta, per event, most first: the profile (bench/README.md). `us in
+    command` is commandstats' own time inside the command (a script's includes the commands it
+    runs, which count again on their own lines); what the server's CPU spends outside every
+    command (reading, parsing, answering: per round trip) is the last line."""
     total = sum(d.calls.values())
-    lines = ["| command | per event | share |", "|---|---:|---:|"]
+    lines = ["| command | per event | share | us in command/event |", "|---|---:|---:|---:|"]
     for name, count in sorted(d.calls.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {name} | {count / events:.2f} | {count / max(1, total):.0%} |")
-    lines.append(f"| **all** | **{total / events:.2f}** | |")
+        usec = d.usec.get(name, 0) / events
+        lines.append(f"| {name} | {count / events:.2f} | {count / max(1, total):.0%} | {usec:.1f} |")
+    lines.append(f"| **all** | **{total / events:.2f}** | | |")
+    outside = d.cpu * 1e6 / events - sum(v for k, v in d.usec.items() if not k.startswith("eval")) / events
+    lines.append(f"| CPU outside any command (us/event) | | | {outside:.1f} |")
     return lines

@@ -151,6 +151,8 @@ class Stack:
         """`kind`: "service" (codat-webhooks worker) or "floor" (bench.floor). Returns once each
         has logged its start and polled Redis."""
         module = ["-m", "service.cli", "worker"] if kind == "service" else ["-m", "bench.floor"]
+        if profile := os.environ.get("BENCH_WORKER_CPROFILE"):  # python -m bench.profile --cprofile
+            module = ["-m", "cProfile", "-o", profile, *module]
         started = []
         for number in range(count):
             log_path = self.scratch / f"{kind}-{network}-{number}-{time.monotonic_ns()}.log"

@@ -111,3 +111,23 @@ def test_the_intake_script_queues_each_new_delivery_once_as_arq_stores_it(
     assert store.get(keys.REPLICATION_BARRIER) is None  # no replicas required: no barrier write
     assert batch(("m2", b"job-2", 20), replicated=True) == [0]
     assert store.get(keys.REPLICATION_BARRIER) == b"1"
+
+
+def test_a_claim_steps_over_the_callers_own_jobs_without_trying_them(valkey: ValkeyServer, store: redis.Redis) -> None:
+    """A worker's own jobs in progress stay in the queue: it names them, and the claim skips
+    them without a SET NX each (one that would fail: here their in-progress keys are left out, so
+    a try would take them)."""
+    now = int(time.time() * 1000)
+    _queue(store, {"mine-1": now - 3, "mine-2": now - 2, "free": now - 1})
+    store.config_resetstat()
+
+    async def run() -> tuple[list[tuple[str, int]], int | None]:
+        client = Redis(host=valkey.host, port=valkey.port)
+        try:
+            return await jobqueue.claim_due(client, now, 5, 60_000, 1000, held=["mine-1", "mine-2"])
+        finally:
+            await client.aclose()
+
+    claimed, _ = asyncio.run(run())
+    assert claimed == [("free", now - 1)]
+    assert store.info("commandstats")["cmdstat_set"]["calls"] == 1

@@ -28,12 +28,13 @@ async def test_the_data_all_and_reconcile_locks_wait_for_replicas(valkey: Valkey
     try:
         if replicas:
             with pytest.raises(NotReplicated):
-                await companies.lock(company, "owner", 5_000)
+                await companies.lock(company, "conn", "owner", 5_000)
             with pytest.raises(NotReplicated):
                 await reconciles.start(run, 5_000)
         else:
-            assert await companies.lock(company, "owner", 5_000)
-            assert not await companies.lock(company, "other", 5_000)  # held: one data/all at a time
+            assert (await companies.lock(company, "conn", "owner", 5_000)).outcome == "locked"
+            # held: one data/all at a time
+            assert (await companies.lock(company, "conn", "other", 5_000)).outcome == "busy"
             held = await reconciles.start(run, 5_000)
             assert held is not None and held[0] == run
     finally:

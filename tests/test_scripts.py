@@ -34,7 +34,7 @@ from service.stores.syncs import SyncStore
 
 T = TypeVar("T")
 STORES = Path(scripts.__file__).parent
-FRAGMENTS = {"outbox_emit"}
+FRAGMENTS = {"outbox_emit", "connection_claim_take", "company_lock_take", "job_traces"}
 
 
 def run(valkey: ValkeyServer, work: Callable[[Redis], Awaitable[T]]) -> T:
@@ -74,10 +74,13 @@ def test_a_script_body_reads_its_inputs_only_through_the_names_it_declares() -> 
 
 
 def test_the_outbox_fragment_is_included_where_a_script_emits() -> None:
-    for name in ("connection_apply", "connection_settle", "sync_record", "rate_limit_pause", "rate_limit_resume"):
+    for name in ("connection_apply", "connection_settle", "rate_limit_pause", "rate_limit_resume"):
         text = scripts.source(name)
         assert "local function emit(stream, maxlen, schema_version, id, kind, fields)" in text
         assert {"outbox_maxlen", "event_id", "derived_at", "schema_version"} <= set(scripts.signature(name).args)
+    # sync_record, the one emitting script of every sync event, gets its event encoded (Outbox.encoded)
+    assert "local function emit_encoded(stream, maxlen, kind, company, event)" in scripts.source("sync_record")
+    assert {"outbox_maxlen", "event", "company"} <= set(scripts.signature("sync_record").args)
     assert set(Outbox().args()) == {"outbox_maxlen", "event_id", "derived_at", "schema_version"}
 
 
@@ -87,7 +90,7 @@ def test_a_call_must_name_exactly_what_the_script_declares(valkey: ValkeyServer)
         with pytest.raises(TypeError, match="missing"):
             await unlock(lock="k")
         with pytest.raises(TypeError, match="does not declare"):
-            await unlock(lock="k", owner="o", extra=1)
+            await unlock(covered="c", lock="k", owner="o", connections="[]", covered_ttl=1, extra=1)
 
     run(valkey, work)
 
@@ -109,15 +112,16 @@ def test_replies_are_str_whichever_way_the_client_decodes(valkey: ValkeyServer, 
     store.sadd(keys.company_connections("co"), "a", "b")
     store.hset(keys.connection("a"), "status", "Linked")
 
-    async def work(client: Redis) -> set[str]:
-        return await CompanyRefreshes(client).linked_connections("co")
+    async def work(client: Redis) -> frozenset[str]:
+        return (await CompanyRefreshes(client).lock("co", "b", "me", 1_000)).linked
 
     assert run(valkey, work) == {"a"}
+    store.delete(keys.company_refresh_lock("co"))
 
-    async def decoding() -> set[str]:
+    async def decoding() -> frozenset[str]:
         client = Redis(host=valkey.host, port=valkey.port, decode_responses=True)
         try:
-            return await CompanyRefreshes(client).linked_connections("co")
+            return (await CompanyRefreshes(client).lock("co", "b", "me", 1_000)).linked
         finally:
             await client.aclose()
 
@@ -143,7 +147,8 @@ def test_connection_apply_writes_state_history_company_and_emits(valkey: ValkeyS
         )
 
     applied = run(valkey, work)
-    assert tuple(applied) == ("applied", "Linked", None, True, ("connection.linked",))
+    # no claim asked for: none taken (the last field)
+    assert tuple(applied) == ("applied", "Linked", None, True, ("connection.linked",), None)
     state = store.hgetall(keys.connection("conn"))
     assert state[b"status"] == b"Linked" and state[b"statusAt"] == b"1000" and state[b"companyId"] == b"co"
     assert state[b"firstLinkSeen"] == b"1" and state[b"firstLinkAt"] == b"1000"
@@ -228,21 +233,31 @@ def test_connection_claim_staged_in_a_pipeline(valkey: ValkeyServer, store: redi
 
 
 def test_a_staged_script_redis_lost_is_loaded_and_only_it_sent_again(valkey: ValkeyServer, store: redis.Redis) -> None:
-    """A restarted Redis, or a replica promoted by a failover, has no scripts: the EVALSHA that
-    met NOSCRIPT ran nothing and goes again once loaded; the pipeline's other commands ran once."""
+    """A staged script is loaded before its first pipeline. A restarted Redis, or a replica
+    promoted by a failover, has lost it since: the EVALSHA that met NOSCRIPT ran nothing and goes
+    again once loaded; the pipeline's other commands ran once."""
     _linked(store)
 
     async def work(client: Redis) -> list[Any]:
-        await client.script_flush()
         claim = scripts.Script(client, "connection_claim")
-        pipe = client.pipeline(transaction=False)
-        pipe.incr("counted")
-        claim.stage(pipe, connection=keys.connection("conn"), owner="o", now=int(time.time() * 1000), lease_ms=5000)
-        pipe.incr("counted")
-        return list(await execute(client, pipe, PRIMARY_ONLY))
+        answers = []
+        for flush in (False, True):
+            if flush:
+                await client.script_flush()  # this process loaded it before: Redis lost it since
+            pipe = client.pipeline(transaction=False)
+            pipe.incr("counted")
+            now = int(time.time() * 1000)
+            claim.stage(pipe, connection=keys.connection("conn"), owner="o", now=now, lease_ms=5000)
+            pipe.incr("counted")
+            answers.append(list(await execute(client, pipe, PRIMARY_ONLY)))
+        return answers
 
-    assert run(valkey, work) == [1, b"claimed", 2]
-    assert store.get("counted") == b"2"
+    store.config_resetstat()
+    assert run(valkey, work) == [[1, b"claimed", 2], [3, b"in_doubt", 4]]
+    assert store.get("counted") == b"4"
+    stats = store.info("commandstats")
+    assert stats["cmdstat_script|load"]["calls"] == 2  # before the first pipeline, after the NOSCRIPT
+    assert stats["cmdstat_evalsha"]["calls"] == 3  # one ran nothing
 
 
 def test_connection_settle_marks_requested_and_emits(valkey: ValkeyServer, store: redis.Redis) -> None:
@@ -294,11 +309,11 @@ def test_company_linked_and_unlock(valkey: ValkeyServer, store: redis.Redis) -> 
 
     async def work(client: Redis) -> list[Any]:
         companies = CompanyRefreshes(client)
-        await companies.lock("co", "me", 60_000)
+        locked = await companies.lock("co", "c", "me", 60_000)
         await companies.unlock("co", "someone else")
         held = await client.get(keys.company_refresh_lock("co"))
         await companies.unlock("co", "me")
-        return [await companies.linked_connections("co"), held]
+        return [locked.linked, held]
 
     assert run(valkey, work) == [{"a"}, b"me"]
     assert not store.exists(keys.company_refresh_lock("co"))
@@ -435,3 +450,30 @@ def test_the_wheel_carries_the_scripts() -> None:
     patterns = project["tool"]["setuptools"]["package-data"]["service.stores"]
     shipped = {path.relative_to(STORES).as_posix() for path in scripts.LUA.glob("*.lua")}
     assert all(any(fnmatch(name, pattern) for pattern in patterns) for name in shipped)
+
+
+def test_sync_record_reads_a_record_written_in_any_order(valkey: ValkeyServer, store: redis.Redis) -> None:
+    """SyncStore writes `at` and the Codat event id first, for the script to read undecoded; a
+    record kept in another order (before that, or without an id) is decoded, with the same answers."""
+    store.hset(
+        keys.company_syncs("co"), "invoices", orjson.dumps({"status": "Complete", "codatEventId": "e1", "at": 2000})
+    )
+    store.hset(keys.company_syncs("co"), "bills", orjson.dumps({"codatEventId": None, "at": 2000}))
+    # read undecoded indeed: past the head, this one is not JSON at all
+    store.hset(keys.company_syncs("co"), "balanceSheet", b'{"at":5000,"codatEventId":"e9",' + b"\xff not json")
+
+    async def work(client: Redis) -> list[bool]:
+        syncs = SyncStore(client)
+        return [
+            await syncs.record("co", "invoices", 1_000, {"codatEventId": "e0"}),  # older
+            await syncs.record("co", "invoices", 3_000, {"codatEventId": "e1"}),  # the same news
+            await syncs.record("co", "bills", 3_000, {"codatEventId": None}),  # no id either: the same
+            await syncs.record("co", "invoices", 3_000, {"codatEventId": "e2"}),
+            await syncs.record("co", "invoices", 2_500, {"codatEventId": "e3"}),  # older than e2, read undecoded
+            await syncs.record("co", "invoices", 3_000, {"codatEventId": "e2"}),  # e2 again, read undecoded
+            await syncs.record("co", "balanceSheet", 4_000, {"codatEventId": "e8"}),
+            await syncs.record("co", "balanceSheet", 6_000, {"codatEventId": "e9"}),
+        ]
+
+    assert run(valkey, work) == [False, False, False, True, False, False, False, False]
+    assert store.hget(keys.company_syncs("co"), "invoices").startswith(b'{"at":3000,"codatEventId":"e2"')

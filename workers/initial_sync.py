@@ -14,6 +14,12 @@ What Codat documents, and what this module does about it:
 - `data/all` is company-wide: it queues the Fetch-on-first-link types on every linked connection
   of the company. One at a time per company (a leased lock), and each records the connections
   it covered, so connections of one company that link together cost one call.
+
+What a first link costs Redis (every web and worker share one primary, deploy/SCALING.md): a
+connection event's apply takes the claim in its own call (`claim_for`); a data/all takes the
+company's lock, and reads what it covers, in one more, just before the call; the settle records
+what it covered and gives the lock back in its own. Three round trips, besides the call's
+rate-limit gate and slot.
 - `request` calls on every first link as configured; `off` keeps state only.
 """
 
@@ -29,7 +35,8 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from service.core.clock import parse_time_ms
-from service.stores.connections import ConnectionStore
+from service.stores.companies import Refresh
+from service.stores.connections import Claim, ConnectionStore
 from service.stores.keys import CHECK_INITIAL_PULLS, initial_pulls_check_job_id
 from workers.codat import CodatClient, CompanyBusy, Queued, RateLimited, Rejected, Unavailable
 from workers.deps import Deps
@@ -45,14 +52,24 @@ REFRESH_LOCK_MS = 15_000
 CLOCK_SKEW_MS = 60_000
 
 
-async def request_initial_sync(deps: Deps, company_id: str, connection_id: str, owner: str) -> str:
-    """`owner`: the job id, whose reruns find their own claim."""
+def claim_for(deps: Deps, owner: str) -> Claim | None:
+    """What a connection event's apply takes in its own call should it make the initial sync
+    due: the claim (None: policy off, no claim ever)."""
+    return None if deps.settings.initial_sync == "off" else Claim(owner, deps.lease_ms)
+
+
+async def request_initial_sync(
+    deps: Deps, company_id: str, connection_id: str, owner: str, claim: str | None = None
+) -> str:
+    """`owner`: the job id, whose reruns find their own claim. `claim`: what the claim came to
+    in the apply that made the sync due (`claim_for`); taken here otherwise."""
     store, codat = deps.connections, deps.codat
     policy = deps.settings.initial_sync
     if policy == "off":
         log.info("sync.initial_skipped", reason="policy_off")
         return "initial_sync_off"
-    claim = await store.claim_initial_sync(connection_id, owner, deps.lease_ms)
+    if claim is None:
+        claim = await store.claim_initial_sync(connection_id, owner, deps.lease_ms)
     if claim in ("done", "busy", "not_linked", "not_first_linked"):
         log.info("sync.initial_skipped", reason=claim)
         return f"initial_sync_{claim}"
@@ -70,21 +87,29 @@ async def request_initial_sync(deps: Deps, company_id: str, connection_id: str, 
         requested = await requested_since(codat, company_id, connection_id, await store.claimed_at(connection_id))
         log.info("sync.initial_in_doubt", already_requested=sorted(requested))
         if requested and all(t in requested for t in wanted):
-            return await _settle(store, connection_id, owner, recovered=True)
+            return await _settle(store, company_id, connection_id, owner, recovered=True)
         if claim == "orphaned":
             return await _resolve_orphan(store, connection_id, owner, requested)
     pending = [t for t in wanted if t not in requested]
     answers: dict[str, Queued] = {}
+    locked: Refresh | None = None  # the company's data/all lock, held until the settle gives it back
     try:
         if call_all:
-            answers["all"] = await refresh_company(deps, company_id, connection_id)
+            refresh = await deps.companies.lock(company_id, connection_id, uuid.uuid4().hex, REFRESH_LOCK_MS)
+            if refresh.outcome == "busy":
+                raise CompanyBusy(company_id)
+            # Covered: one of ours already covered this connection (it was Linked here when made).
+            locked = refresh if refresh.outcome == "locked" else None
+            answers["all"] = await codat.refresh_all(company_id) if locked else "covered"
         for data_type in pending:
             answers[data_type] = await codat.refresh_data_type(company_id, connection_id, data_type)
-    except (RateLimited, Rejected, Paused):
-        # Codat said no before anything was requested, and nothing was found requested before
-        # (a fresh claim, or an in-doubt one whose history showed nothing): the next try starts
-        # clean. Anything already requested keeps the claim, and the next try looks first.
-        if not answers and not requested:
+    except BaseException as exc:
+        if locked:
+            await deps.companies.unlock(company_id, locked.owner)  # no call made, nothing covered
+        if isinstance(exc, (RateLimited, Rejected, Paused)) and not answers and not requested:
+            # Codat said no before anything was requested, and nothing was found requested before
+            # (a fresh claim, or an in-doubt one whose history showed nothing): the next try starts
+            # clean. Anything already requested keeps the claim, and the next try looks first.
             await store.release_initial_sync(connection_id, owner)
         raise
     running = sorted(t for t, answer in answers.items() if answer == "in_progress")
@@ -95,8 +120,10 @@ async def request_initial_sync(deps: Deps, company_id: str, connection_id: str, 
         await _schedule_check(deps, company_id, connection_id, sorted(by_codat), mode)
     return await _settle(
         store,
+        company_id,
         connection_id,
         owner,
+        refresh=locked,
         recovered=claim == "in_doubt",
         mode=mode,
         data_types=pending or None,
@@ -109,23 +136,20 @@ async def refresh_company(deps: Deps, company_id: str, connection_id: str) -> Qu
     """`data/all` for the company, unless one of ours already covered this connection ("covered").
     One at a time per company: another job's call in flight defers this one a moment, and its
     rerun finds itself covered if it was Linked (here) when that call was made."""
-    companies = deps.companies
-    if await companies.covered(company_id, connection_id):
+    refresh = await deps.companies.lock(company_id, connection_id, uuid.uuid4().hex, REFRESH_LOCK_MS)
+    if refresh.outcome == "covered":
         return "covered"
-    owner = uuid.uuid4().hex
-    if not await companies.lock(company_id, owner, REFRESH_LOCK_MS):
+    if refresh.outcome == "busy":
         raise CompanyBusy(company_id)
+    covered: frozenset[str] = frozenset()
     try:
-        if await companies.covered(company_id, connection_id):
-            return "covered"
-        # Taken before the call: a connection Linked here now is linked at Codat already (its
-        # event came after the fact), so this call covers it.
-        linked = await companies.linked_connections(company_id)
+        # Read under the lock, before the call: a connection Linked here now is linked at Codat
+        # already (its event came after the fact), so this call covers it.
         answer = await deps.codat.refresh_all(company_id)
-        await companies.record_covered(company_id, {*linked, connection_id})
+        covered = refresh.linked | {connection_id}
         return answer
     finally:
-        await companies.unlock(company_id, owner)
+        await deps.companies.unlock(company_id, refresh.owner, covered)
 
 
 async def _schedule_check(deps: Deps, company_id: str, connection_id: str, data_types: list[str], mode: str) -> None:
@@ -218,14 +242,23 @@ async def requested_since(codat: CodatClient, company_id: str, connection_id: st
     return found
 
 
-async def _settle(store: ConnectionStore, connection_id: str, owner: str, **fields: Any) -> str:
+async def _settle(
+    store: ConnectionStore,
+    company_id: str,
+    connection_id: str,
+    owner: str,
+    refresh: Refresh | None = None,
+    **fields: Any,
+) -> str:
+    """`refresh`: the data/all lock the call was made under, given back in the same call, with
+    the other connections it covered recorded (this one is settled: it needs no mark)."""
     details = {
         "mode": fields.get("mode"),
         "dataTypes": fields.get("data_types"),
         "recovered": bool(fields.get("recovered")),
         "requestedBy": "codat" if fields.pop("by_codat", False) else "service",
     }
-    if not await store.settle_initial_sync(connection_id, owner, **details):
+    if not await store.settle_initial_sync(connection_id, owner, company_id=company_id, refresh=refresh, **details):
         # Only if this job outlived its lease (job timeout > lease): another owner took over.
         log.error("sync.initial_claim_lost")
         return "initial_sync_claim_lost"

@@ -4,12 +4,29 @@ that (or only what it needs of it) on; nothing below an entry point reads `ctx`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
 
+from service.stores.activity import Count
 from workers.deps import Deps
+
+
+@dataclass
+class Ending:
+    """What a job leaves for the ops console (its delivery's trace, the minute's counts), held
+    for the worker to write with the job's end (workers.worker: one script call for a batch of
+    ends), not written by the job in a round trip of its own."""
+
+    trace: tuple[str, bytes] | None = None
+    counts: tuple[Count, ...] = field(default_factory=tuple)
+
+
+# Set by the worker in each job's task before arq's `run_job` (which runs the job function and
+# then `finish_job` in that task's context): None where a job runs otherwise (a test calling it).
+ENDING: ContextVar[Ending | None] = ContextVar("ending", default=None)
 
 
 @dataclass(frozen=True)
@@ -24,9 +41,14 @@ class Job:
     redis: ArqRedis
     # What the job works with (workers.deps), built once per worker process at startup.
     deps: Deps
+    # Where it leaves its trace and counts for the worker to write with its end (None: the job
+    # writes them itself).
+    ending: Ending | None = None
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> Job:
         """`ctx` as arq gives it to a job: job_id and job_try from arq, redis its pool, deps
         from workers.settings.startup."""
-        return cls(id=ctx["job_id"], attempt=ctx.get("job_try", 1), redis=ctx["redis"], deps=ctx["deps"])
+        return cls(
+            id=ctx["job_id"], attempt=ctx.get("job_try", 1), redis=ctx["redis"], deps=ctx["deps"], ending=ENDING.get()
+        )

@@ -28,7 +28,9 @@ from redis.exceptions import RedisError
 from service.core.catalogue import CONNECTION_EVENTS, RATE_LIMIT_EVENTS, SYNC_EVENTS
 from service.core.clock import now_ms
 from service.core.events import Event
-from service.stores.activity import count_job
+from service.stores import keys
+from service.stores.activity import count_job, counts
+from service.stores.history import trace_value
 from service.stores.keys import MAX_TRIES
 from workers import connection_events, rate_limit, sync_events
 from workers.codat import CodatError, RateLimited, Rejected, Unavailable
@@ -104,9 +106,10 @@ async def process_event(ctx: dict[str, Any], record: dict[str, Any]) -> str:
 
 
 async def _trace(job: Job, event: Event, route: str, outcome: str) -> None:
-    """What this job did with the delivery, and the minute's counts, for the ops console: one
-    round trip, sent as the job ends. Never at the cost of the job: without Redis the job's own
-    retry is what matters."""
+    """What this job did with the delivery, and the minute's counts, for the ops console: handed
+    to the worker, which writes them with the job's end (workers.job.Ending). Never at the cost
+    of the job: without Redis the job's own retry is what matters."""
+    now = now_ms()
     trace = {
         "jobId": job.id,
         "eventType": event.event_type,
@@ -115,13 +118,15 @@ async def _trace(job: Job, event: Event, route: str, outcome: str) -> None:
         "companyId": event.company_id,
         "connectionId": event.connection_id,
         "receivedAtMs": str(event.received_at_ms),
-        "processedAtMs": str(now_ms()),
+        "processedAtMs": str(now),
     }
+    if job.ending is not None:
+        job.ending.trace = (keys.delivery_trace(event.message_id), trace_value(trace, job.attempt))
+        job.ending.counts = tuple(counts(job.id, job.attempt, event.received_at_ms, outcome, now))
+        return
     with contextlib.suppress(RedisError, OSError):
-        async with job.redis.pipeline(transaction=False) as pipe:
-            await job.deps.history.record_delivery(event.message_id, trace, pipe=pipe)
-            await count_job(job.redis, job.id, job.attempt, event.received_at_ms, outcome, pipe=pipe)
-            await pipe.execute()
+        await job.deps.history.record_delivery(event.message_id, trace, tries=job.attempt)
+        await count_job(job.redis, job.id, job.attempt, event.received_at_ms, outcome, now=now)
 
 
 async def _handle(job: Job, event: Event, record: dict[str, Any], route: str) -> str:

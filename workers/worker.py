@@ -38,7 +38,8 @@ each job runs through arq's `run_job`. Three hooks are missing, so this subclass
   while a finish is being written go together in the next call (jobqueue.finish_batch: one DEL
   and two ZREMs for the batch; group commit, as the intake does). A job still waits for its own
   end to be written before its task ends, so shutdown and a killed worker are as before: a job
-  whose end was not written runs again once its in-progress key expires.
+  whose end was not written runs again once its in-progress key expires. What the job leaves
+  for the ops console (its trace, the minute's counts: workers.job.Ending) goes in the same call.
 
 And per job, less CPU: the worker's loop is uvloop; the pool packs commands with hiredis, as
 the web's client does (service.stores.client); arq's own "→ job started" / "← job done" info
@@ -66,6 +67,7 @@ from redis.exceptions import RedisError
 from service.stores import jobqueue
 from service.stores.keys import QUEUE_WAKE
 from service.stores.replication import PrimaryWatch
+from workers.job import ENDING, Ending
 from workers.redis_settings import sentinel_pool
 
 log = structlog.get_logger("workers.worker")
@@ -229,6 +231,7 @@ class ResilientWorker(Worker):
                 int(self.in_progress_timeout_s * 1000),
                 CLAIM_SCAN,
                 self.queue_name,
+                self.tasks,  # its own jobs in progress: stepped over, not tried
             )
             started: list[jobqueue.Claimed | tuple[str, int]]
             if self.allow_abort_jobs:  # arq's run_job then reads the abort set itself
@@ -245,6 +248,7 @@ class ResilientWorker(Worker):
                 if isinstance(job, jobqueue.Claimed):
                     job_id, score = job.job_id, job.score
                     context.run(_STARTED.set, job)
+                    context.run(ENDING.set, Ending())
                 else:
                     job_id, score = job
                 task = self.loop.create_task(self.run_job(job_id, score), context=context)
@@ -279,7 +283,8 @@ class ResilientWorker(Worker):
             )
             return
         ttl = None if keep_result_forever else to_ms(result_timeout_s)
-        end = jobqueue.Finish(job_id, finish, result_data or None, ttl, incr_score)
+        ending = ENDING.get() or Ending()  # what the job left for the console, if it ran here
+        end = jobqueue.Finish(job_id, finish, result_data or None, ttl, incr_score, ending.trace, ending.counts)
         written: asyncio.Future[None] = self.loop.create_future()
         self._finishes.append((end, written))
         if self._finisher is None or self._finisher.done():

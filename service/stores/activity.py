@@ -1,9 +1,10 @@
 """What the service is doing now, as the ops console's overview and delivery pages read it
 (service.web.console); nothing here is on the ingress path.
 
-- **Per minute**, what the jobs did: `count_job` is called once per job try, as it ends
-  (workers.jobs). A job's first try counts one delivery, at the minute the web process received
-  it (each accepted delivery is one job); every try counts its outcome at the minute it ended.
+- **Per minute**, what the jobs did: `counts` once per job try, written with its end
+  (workers.worker, service.stores.jobqueue). A job's first try counts one delivery, at the
+  minute the web process received it (each accepted delivery is one job); every try counts its
+  outcome at the minute it ended.
   One small hash per minute (`deliveries`, `outcome:<outcome>`), each expiring two hours after
   its minute began: at most ~120 hashes of a few fields, a few tens of KB whatever the traffic.
 - **The queue and the workers**, read as `GET /metrics` reads them (service.web.metrics).
@@ -16,17 +17,34 @@ import contextlib
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.core.clock import now_ms
 from service.stores import keys
-from service.stores.scripts import text
+from service.stores.scripts import Script, text
 
 MINUTE_MS = 60_000
 DELIVERIES = "deliveries"
 OUTCOME = "outcome:"
 _FIRST_DELIVERY_JOB = keys.event_job_id("")  # a replay's job is not a delivery
+_COUNT = Script(None, "activity_count")  # lua/activity_count.lua
+
+
+# A count as lua/job_traces.lua takes it: the minute's key, field, how many, the minute's expiry.
+Count = tuple[str, str, int, int]
+
+
+def counts(job_id: str | None, job_try: int, received_at_ms: int | None, outcome: str, now: int) -> list[Count]:
+    """What one job try that ended with `outcome` adds to the minutes' counts."""
+    horizon = now - keys.ACTIVITY_TTL_SECONDS * 1000
+    minute = now // MINUTE_MS
+    added: list[Count] = []
+    first = job_try == 1 and (job_id or "").startswith(_FIRST_DELIVERY_JOB)
+    if first and received_at_ms is not None and received_at_ms > horizon:
+        received = min(received_at_ms, now) // MINUTE_MS
+        added.append((keys.activity_minute(received), DELIVERIES, 1, _expiry(received)))
+    added.append((keys.activity_minute(minute), OUTCOME + outcome, 1, _expiry(minute)))
+    return added
 
 
 async def count_job(
@@ -37,31 +55,13 @@ async def count_job(
     outcome: str,
     *,
     now: int | None = None,
-    pipe: Pipeline | None = None,
 ) -> None:
-    """Count one job try that ended with `outcome`. Never raises for Redis: a count is not worth
-    a job's retry. With `pipe`, the commands join that pipeline (the caller sends it: the job
-    path sends this and its trace in one round trip)."""
-    now = now_ms() if now is None else now
-    horizon = now - keys.ACTIVITY_TTL_SECONDS * 1000
-    minute = now // MINUTE_MS
-
-    def queue(into: Pipeline) -> None:
-        first = job_try == 1 and (job_id or "").startswith(_FIRST_DELIVERY_JOB)
-        if first and received_at_ms is not None and received_at_ms > horizon:
-            received = min(received_at_ms, now) // MINUTE_MS
-            into.hincrby(keys.activity_minute(received), DELIVERIES, 1)
-            into.expireat(keys.activity_minute(received), _expiry(received))
-        into.hincrby(keys.activity_minute(minute), OUTCOME + outcome, 1)
-        into.expireat(keys.activity_minute(minute), _expiry(minute))
-
-    if pipe is not None:
-        queue(pipe)
-        return
+    """Count one job try that ended with `outcome`, on its own: the workers write their counts
+    with the jobs' ends instead (service.stores.jobqueue.finish_batch). Never raises for Redis:
+    a count is not worth a job's retry."""
+    added = counts(job_id, job_try, received_at_ms, outcome, now_ms() if now is None else now)
     with contextlib.suppress(RedisError, OSError):
-        async with redis.pipeline(transaction=False) as own:
-            queue(own)
-            await own.execute()
+        await _COUNT.run(redis, minutes=[c[0] for c in added], counts=[v for c in added for v in (c[1], c[2], c[3])])
 
 
 def _expiry(minute: int) -> int:

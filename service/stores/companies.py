@@ -1,53 +1,74 @@
 """What this service asked of Codat for a whole company: `data/all` is company-wide (it queues
 the Fetch-on-first-link types on every linked connection of the company), so one call covers
 every connection that was Linked when it was made, and one at a time per company is enough.
+
+Two round trips around a call: `lock` (lua/company_lock.lua: covered already? else the lock, and
+the connections the call will cover) and `unlock` (lua/company_unlock.lua: record them, give the
+lock up). A first link gives the lock up in its settle instead (service.stores.connections).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import orjson
 from redis.asyncio import Redis
 
 from service.stores.keys import company_connections, company_refresh_lock, company_refreshed_all
 from service.stores.keys import connection as connection_key
 from service.stores.replication import PRIMARY_ONLY, Replication, execute
-from service.stores.scripts import Script
+from service.stores.scripts import Script, decoded
 
 # How long a data/all is remembered as covering its connections: long past any delivery delay
 # of the events of connections that linked together (Codat retries for ~28 hours).
 COVERED_TTL_SECONDS = 3 * 24 * 3600
 
 
+class Refresh(NamedTuple):
+    """The company's data/all lock, as lua/company_lock.lua answered it."""
+
+    outcome: str  # "locked" | "covered" (an earlier call covered the connection) | "busy" (another holds it)
+    owner: str
+    linked: frozenset[str] = frozenset()  # locked: the company's other connections Linked now
+
+    @classmethod
+    def of(cls, reply: list[str], owner: str) -> Refresh:
+        outcome, *linked = decoded(reply)
+        return cls(outcome, owner, frozenset(linked))
+
+
 class CompanyRefreshes:
     def __init__(self, redis: Redis, replication: Replication = PRIMARY_ONLY) -> None:
         self._redis = redis
         self._replication = replication
-        self._linked = Script(redis, "company_linked")
+        self._lock = Script(redis, "company_lock")
         self._unlock = Script(redis, "company_unlock")
 
-    async def covered(self, company_id: str, connection_id: str) -> bool:
-        return bool(await self._redis.sismember(company_refreshed_all(company_id), connection_id))
-
-    async def lock(self, company_id: str, owner: str, lease_ms: int) -> bool:
-        """The company's data/all lock, on REDIS_MIN_REPLICAS replicas before this returns (it
-        guards a Codat call: a lock lost in a failover would let another job call at once):
-        else NotReplicated, a RedisError, and the job retries."""
+    async def lock(self, company_id: str, connection_id: str, owner: str, lease_ms: int) -> Refresh:
+        """The company's data/all lock for a call about `connection_id`, unless an earlier call
+        covered it. A lock taken is on REDIS_MIN_REPLICAS replicas before this returns (it guards a
+        Codat call: a lock lost in a failover would let another job call at once): else
+        NotReplicated, a RedisError, and the job retries."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(company_refresh_lock(company_id), owner, nx=True, px=lease_ms)
-        (taken,) = await execute(self._redis, pipe, self._replication)
-        return bool(taken)
-
-    async def unlock(self, company_id: str, owner: str) -> None:
-        await self._unlock(lock=company_refresh_lock(company_id), owner=owner)
-
-    async def linked_connections(self, company_id: str) -> set[str]:
-        found = await self._linked(
-            company_connections=company_connections(company_id), connection_prefix=connection_key("")
+        self._lock.stage(
+            pipe,
+            covered=company_refreshed_all(company_id),
+            lock=company_refresh_lock(company_id),
+            company_connections=company_connections(company_id),
+            connection_id=connection_id,
+            owner=owner,
+            lease_ms=lease_ms,
+            connection_prefix=connection_key(""),
         )
-        return set(found)
+        (reply,) = await execute(self._redis, pipe, self._replication)
+        return Refresh.of(reply, owner)
 
-    async def record_covered(self, company_id: str, connection_ids: set[str]) -> None:
-        key = company_refreshed_all(company_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, *connection_ids)
-            pipe.expire(key, COVERED_TTL_SECONDS)
-            await pipe.execute()
+    async def unlock(self, company_id: str, owner: str, covered: set[str] | frozenset[str] = frozenset()) -> None:
+        """Record the connections the call covered (none: it was not made), and give the lock up."""
+        await self._unlock(
+            covered=company_refreshed_all(company_id),
+            lock=company_refresh_lock(company_id),
+            owner=owner,
+            connections=orjson.dumps(sorted(covered)),
+            covered_ttl=COVERED_TTL_SECONDS,
+        )

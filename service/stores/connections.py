@@ -8,7 +8,9 @@ it after; a claim found again by its owner, or found expired, means a call whose
 doubt (the worker died or timed out mid-call), and the new owner must look before it calls.
 
 The scripts: lua/connection_apply.lua (the compare-and-set, its history entry and its lifecycle
-events), connection_claim, connection_settle, connection_expire and connection_release.
+events), connection_claim, connection_settle, connection_expire and connection_release. A first
+link's claim is taken by its apply when that makes the sync due (`Claim`), and its settle gives
+the company's data/all lock back (service.stores.companies): no round trip of their own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from redis.asyncio import Redis
 
 from service.core.clock import iso, now_ms
 from service.stores import keys
+from service.stores.companies import COVERED_TTL_SECONDS, Refresh
 from service.stores.keys import HISTORY_LENGTH, HISTORY_TTL_MS
 from service.stores.keys import connection as key
 from service.stores.outbox import Outbox
@@ -27,12 +30,20 @@ from service.stores.replication import PRIMARY_ONLY, Replication, execute
 from service.stores.scripts import Script, decoded, text
 
 
+class Claim(NamedTuple):
+    """Take the initial-sync claim in the apply's own call, if the apply makes the sync due."""
+
+    owner: str  # the job (its reruns find their own claim)
+    lease_ms: int
+
+
 class Applied(NamedTuple):
     outcome: str  # "applied" | "stale" | "tied"
     status: str | None  # the status now
-    initial_sync: str | None  # None | "claimed" | "requested"
+    initial_sync: str | None  # None | "claimed" | "requested" (before any claim of this call)
     first_link_seen: bool
     emitted: tuple[str, ...] = ()  # the lifecycle events this change wrote
+    claimed: str | None = None  # what the claim came to (claim_initial_sync's answers), when asked for and due
 
     @property
     def initial_sync_due(self) -> bool:
@@ -69,10 +80,15 @@ class ConnectionStore:
         occurred_at: str | None = None,
         company_name: str | None = None,
         first_link_at_ms: int | None = None,
+        claim: Claim | None = None,
     ) -> Applied:
         """Write `status` as of `at_ms` unless a newer event wrote the current one, and keep the
-        first-link mark whatever the outcome. `occurred_at`: the time Codat gives for it."""
-        outcome, current, sync, seen, emitted = await self._apply(
+        first-link mark whatever the outcome. `occurred_at`: the time Codat gives for it.
+
+        With `claim`, the initial-sync claim is taken in the same call when the result makes the
+        sync due: then, as with `claim_initial_sync`, this returns only once REDIS_MIN_REPLICAS
+        replicas hold it (a Codat call may follow), else NotReplicated, and the job retries."""
+        named = dict(
             connection=key(connection_id),
             history=keys.connection_history(connection_id),
             lifecycle=self._outbox.stream,
@@ -92,9 +108,18 @@ class ConnectionStore:
             first_link_at=first_link_at_ms or at_ms,
             history_last=HISTORY_LENGTH - 1,
             history_ttl_ms=HISTORY_TTL_MS,
+            claim_owner=claim.owner if claim else "",
+            lease_ms=claim.lease_ms if claim else 0,
             **self._outbox.args(),
         )
-        return Applied(outcome, current or None, sync or None, bool(seen), tuple(emitted or ()))
+        if claim is None or not self._replication.replicas:
+            reply = await self._apply(**named)
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            self._apply.stage(pipe, **named)
+            (reply,) = decoded(await execute(self._redis, pipe, self._replication))
+        outcome, current, sync, seen, emitted, claimed = reply
+        return Applied(outcome, current or None, sync or None, bool(seen), tuple(emitted or ()), claimed or None)
 
     async def claim_initial_sync(self, connection_id: str, owner: str, lease_ms: int) -> str:
         """ "claimed", "in_doubt" (call outcome unknown: look first), "orphaned" (in doubt, and
@@ -111,18 +136,27 @@ class ConnectionStore:
         (outcome,) = await execute(self._redis, pipe, self._replication)
         return str(decoded(outcome))
 
-    async def settle_initial_sync(self, connection_id: str, owner: str, **details: Any) -> bool:
+    async def settle_initial_sync(
+        self, connection_id: str, owner: str, *, company_id: str = "", refresh: Refresh | None = None, **details: Any
+    ) -> bool:
         """Mark it requested, if the claim is still `owner`'s; `details` go into the lifecycle
-        event (mode, dataTypes, recovered, requestedBy, occurredAt)."""
+        event (mode, dataTypes, recovered, requestedBy, occurredAt). With `refresh`, the data/all
+        made under the company's lock (of `company_id`): the connections it covered are recorded
+        and the lock given up in the same call, whatever became of the claim."""
         now = now_ms()
         fields = {"occurredAt": iso(now), **{k: v for k, v in details.items() if v is not None}}
         return bool(
             await self._settle(
                 connection=key(connection_id),
                 lifecycle=self._outbox.stream,
+                covered=keys.company_refreshed_all(company_id),
+                lock=keys.company_refresh_lock(company_id),
                 owner=owner,
                 now=now,
                 fields=orjson.dumps(fields),
+                lock_owner=refresh.owner if refresh else "",
+                covered_ids=orjson.dumps(sorted(refresh.linked) if refresh else []),
+                covered_ttl=COVERED_TTL_SECONDS,
                 **self._outbox.args(),
             )
         )

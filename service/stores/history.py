@@ -3,8 +3,8 @@
 - per connection, its last HISTORY_LENGTH state changes, stale and Codat-decided ones included,
   written by the connection compare-and-set itself (service.stores.connections), kept
   HISTORY_TTL after the last one;
-- per delivery, a trace of what its job did, written as the job ends (workers.jobs), kept as
-  long as the message's dedup record;
+- per delivery, a trace of what its job did (one JSON string), written with the job's end
+  (workers.worker), kept TRACE_TTL from its last try;
 - per company, its connections and its name, as events and the reconcile give them.
 """
 
@@ -14,16 +14,24 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from service.core.clock import iso
 from service.stores import keys
-from service.stores.scripts import text
+from service.stores.scripts import Script, text
+
+
+def trace_value(trace: dict[str, Any], tries: int) -> bytes:
+    """A trace as it is kept (lua/job_traces.lua): one JSON string, None left out. `tries`: the
+    tries of the job that wrote it (arq's count: every retry, deferral and crash), so a replay's
+    trace counts the replay's own."""
+    return orjson.dumps({**{k: v for k, v in trace.items() if v is not None}, "tries": tries})
 
 
 class HistoryStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._trace = Script(redis, "history_trace")  # lua/history_trace.lua
 
     async def connection_history(self, connection_id: str) -> list[dict[str, Any]]:
         """Newest first: {at, eventAt (ISO), from, to, outcome (applied | stale), authoritative
@@ -37,32 +45,25 @@ class HistoryStore:
             entries.append(entry)
         return entries
 
-    async def record_delivery(self, message_id: str, trace: dict[str, Any], pipe: Pipeline | None = None) -> None:
-        """With `pipe`, the commands join it and the caller sends it."""
-        name = keys.delivery_trace(message_id)
-        fields = {k: v if isinstance(v, str) else orjson.dumps(v) for k, v in trace.items() if v is not None}
-
-        def queue(into: Pipeline) -> None:
-            into.hset(name, mapping=fields)  # type: ignore[arg-type]
-            into.hincrby(name, "tries", 1)
-            into.expire(name, keys.TRACE_TTL_SECONDS)
-
-        if pipe is not None:
-            queue(pipe)
-            return
-        async with self._redis.pipeline(transaction=True) as own:
-            queue(own)
-            await own.execute()
+    async def record_delivery(self, message_id: str, trace: dict[str, Any], *, tries: int = 1) -> None:
+        """The trace of one job try, on its own: the workers write it with the job's end instead
+        (service.stores.jobqueue.finish_batch, the same lua/job_traces.lua)."""
+        key = keys.delivery_trace(message_id)
+        await self._trace(key=key, ttl=keys.TRACE_TTL_SECONDS, value=trace_value(trace, tries))
 
     async def delivery(self, message_id: str) -> dict[str, Any] | None:
         """{webhookId, receivedAt, jobId, eventType, route, outcome, companyId, connectionId,
         processedAt, tries}; None if no job has ended for it (yet)."""
-        raw = await self._redis.hgetall(keys.delivery_trace(message_id))
-        if not raw:
+        key = keys.delivery_trace(message_id)
+        try:
+            raw = await self._redis.get(key)
+            stored = orjson.loads(raw) if raw is not None else None
+        except ResponseError:  # WRONGTYPE: a trace kept as a hash, before 2026-12 (gone in TRACE_TTL)
+            stored = {text(k): text(v) for k, v in (await self._redis.hgetall(key)).items()} or None
+        if not stored:
             return None
         trace: dict[str, Any] = {"webhookId": message_id}
-        for k, v in raw.items():
-            name, value = text(k), text(v)
+        for name, value in stored.items():
             trace[name] = int(value) if name in ("tries", "receivedAtMs", "processedAtMs") else value
         trace["receivedAt"], trace["processedAt"] = iso(trace.get("receivedAtMs")), iso(trace.get("processedAtMs"))
         seen = await self._redis.exists(keys.seen(message_id))

@@ -18,7 +18,9 @@ of its own to start, and the first try (the common case) writes its counter with
 `SET NX EX`. And `finish_batch` does what arq's `finish_job` does (a MULTI per job: DEL the
 in-progress, retry and job keys, ZREM from the queue and the abort set, SET the result) for a
 whole batch of jobs that ended about together, in one script call: one DEL and two ZREMs for
-the batch (bench/README.md has the profile that led here).
+the batch, and in the same call what the jobs leave for the ops console (their deliveries'
+traces, the minute's counts summed over the batch), which was a round trip of each job's own
+(bench/README.md has the profiles that led here).
 
 It reads the in-progress keys it builds from the ids it finds, which a script may do on one
 Redis primary but not on a cluster: arq does not run on Redis Cluster either (deploy/SCALING.md).
@@ -26,13 +28,15 @@ Redis primary but not on a cluster: arq does not run on Redis Cluster either (de
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
-from service.stores.keys import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, QUEUE_NAME
+from service.stores.activity import Count
+from service.stores.keys import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, QUEUE_NAME, TRACE_TTL_SECONDS
 from service.stores.scripts import Script, text
 
 # arq's retry counter lives this long after a try (arq.worker.run_job's 88400 s)
@@ -57,20 +61,30 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """One job's end, as arq's `finish_job` gets it (a cron job's is not batched)."""
+    """One job's end, as arq's `finish_job` gets it (a cron job's is not batched), and what the
+    job leaves for the ops console: its delivery's trace (key, value: history.trace_value) and
+    its counts (activity.counts)."""
 
     job_id: str
     finished: bool
     result: bytes | None = None
     result_ttl_ms: int | None = None
     incr_score: int | None = None
+    trace: tuple[str, bytes] | None = None
+    counts: tuple[Count, ...] = ()
 
 
 async def claim_and_start(
-    redis: Redis, now_ms: int, limit: int, in_progress_ms: int, scan: int, queue: str = QUEUE_NAME
+    redis: Redis,
+    now_ms: int,
+    limit: int,
+    in_progress_ms: int,
+    scan: int,
+    queue: str = QUEUE_NAME,
+    held: Iterable[str] = (),
 ) -> tuple[list[Claimed], int | None]:
     """`claim_due`, and start each job claimed as arq's `run_job` would (its job, its try)."""
-    reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, start=True)
+    reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=True)
     claimed = [
         Claimed(text(reply[i]), int(float(reply[i + 1])), reply[i + 2] or None, int(reply[i + 3]))
         for i in range(0, len(reply), 4)
@@ -79,29 +93,54 @@ async def claim_and_start(
 
 
 async def finish_batch(redis: Redis, finishes: list[Finish], queue: str = QUEUE_NAME) -> None:
-    """arq's `finish_job` for every job of `finishes`, in one script call."""
-    ends: list[Any] = [IN_PROGRESS_KEY_PREFIX, retry_key_prefix, JOB_KEY_PREFIX, result_key_prefix]
+    """arq's `finish_job` for every job of `finishes`, with their traces and counts (the counts
+    summed over the batch), in one script call."""
+    jobs: list[Any] = []
+    traces: list[Any] = []
+    summed: dict[tuple[str, str], list[int]] = {}
     for end in finishes:
-        ends += (
+        jobs += (
             end.job_id,
             "1" if end.finished else "0",
             end.result or "",
             "" if end.result_ttl_ms is None else end.result_ttl_ms,
             end.incr_score or "",
         )
-    await _FINISH.run(redis, queue=queue, aborts=abort_jobs_ss, ends=ends)
+        if end.trace is not None:
+            traces += end.trace
+        for minute, field, n, expire_at in end.counts:
+            summed.setdefault((minute, field), [0, expire_at])[0] += n
+    counts = [v for (minute, field), (n, expire_at) in summed.items() for v in (minute, field, n, expire_at)]
+    ends: list[Any] = [IN_PROGRESS_KEY_PREFIX, retry_key_prefix, JOB_KEY_PREFIX, result_key_prefix]
+    ends += (len(finishes), sum(1 for end in finishes if end.trace is not None), len(summed), TRACE_TTL_SECONDS)
+    await _FINISH.run(redis, queue=queue, aborts=abort_jobs_ss, ends=[*ends, *jobs, *traces, *counts])
 
 
 async def claim_due(
-    redis: Redis, now_ms: int, limit: int, in_progress_ms: int, scan: int, queue: str = QUEUE_NAME
+    redis: Redis,
+    now_ms: int,
+    limit: int,
+    in_progress_ms: int,
+    scan: int,
+    queue: str = QUEUE_NAME,
+    held: Iterable[str] = (),
 ) -> tuple[list[tuple[str, int]], int | None]:
-    """Claim up to `limit` due jobs. Returns [(job id, score)] and the next future score (ms)."""
-    reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, start=False)
+    """Claim up to `limit` due jobs, stepping over `held` (the caller's own jobs in progress).
+    Returns [(job id, score)] and the next future score (ms)."""
+    reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=False)
     return [(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)], later
 
 
 async def _claim(
-    redis: Redis, now_ms: int, limit: int, in_progress_ms: int, scan: int, queue: str, *, start: bool
+    redis: Redis,
+    now_ms: int,
+    limit: int,
+    in_progress_ms: int,
+    scan: int,
+    queue: str,
+    held: Iterable[str],
+    *,
+    start: bool,
 ) -> tuple[list[Any], int | None]:
     reply: list[Any] = await _CLAIM.raw(
         redis,
@@ -115,6 +154,7 @@ async def _claim(
         job_prefix=JOB_KEY_PREFIX,
         retry_prefix=retry_key_prefix,
         retry_ttl=RETRY_TTL_SECONDS,
+        held="".join(f"{job_id}\0" for job_id in held),
     )
     later = reply.pop()
     return reply, int(float(later)) if later else None

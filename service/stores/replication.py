@@ -24,7 +24,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 
 from service.core.config import Settings
 from service.stores.scripts import load, lost_scripts
@@ -58,23 +58,25 @@ async def execute(redis: Redis, pipe: Pipeline, replication: Replication) -> lis
     same connection, WAIT for the replicas. The pipeline's answers, the WAIT's left off; raises
     the first command's error as redis-py does, or NotReplicated when too few replicas confirmed.
 
-    A staged script (scripts.Script.stage, EVALSHA) that Redis no longer has (restarted, or a
-    replica promoted) ran nothing: it is loaded, and those calls alone sent again with a WAIT of
-    their own, whose answer is the one that counts (a replication offset is the primary's, not
-    the connection's: that later WAIT covers the first pipeline's writes too)."""
-    staged = list(pipe.command_stack)  # execute() empties it
+    A staged script (scripts.Script.stage, EVALSHA) is loaded before its first pipeline. One that
+    Redis has lost since (restarted, or a replica promoted) ran nothing: it is loaded again, and
+    those calls alone sent again with a WAIT of their own, whose answer is the one that counts (a
+    replication offset is the primary's: that later WAIT covers the first pipeline's writes
+    too). Unless the first WAIT already fell short: then the answer is NotReplicated whatever the
+    retry would do, and nothing is sent again."""
+    staged = [args for args, _ in pipe.command_stack]  # execute() empties it
+    await load(redis, staged)
     results, acknowledged = await _send(redis, pipe, replication)
-    if lost := lost_scripts(results):
-        commands = [staged[i] for i in lost]
-        await load(redis, [args for args, _ in commands])
+    if (lost := lost_scripts(results)) and acknowledged >= replication.replicas:
+        await load(redis, [staged[i] for i in lost], again=True)
         again = redis.pipeline(transaction=False)
-        for args, options in commands:
-            again.execute_command(*args, **options)
+        for i in lost:
+            again.execute_command(*staged[i])
         retried, acknowledged = await _send(redis, again, replication)
         for i, result in zip(lost, retried, strict=True):
             results[i] = result
     for result in results:
-        if isinstance(result, Exception):
+        if isinstance(result, Exception) and not (lost and isinstance(result, NoScriptError)):
             raise result
     if replication.replicas and acknowledged < replication.replicas:
         if acknowledged == 0:
@@ -82,6 +84,9 @@ async def execute(redis: Redis, pipe: Pipeline, replication: Replication) -> lis
             # replaced, or demoted): ask the sentinels again rather than keep writing to it.
             await drop_connections(redis, "no_replica_acknowledged")
         raise NotReplicated(f"{acknowledged} of {replication.replicas} replicas confirmed the write")
+    for result in results:  # a NOSCRIPT left: raised as the error it is
+        if isinstance(result, Exception):
+            raise result
     return results
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -163,7 +164,22 @@ def lost_scripts(results: list[Any]) -> list[int]:
     return [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
 
 
-async def load(redis: Redis, commands: list[tuple[Any, ...]]) -> None:
-    """SCRIPT LOAD the scripts these staged EVALSHA commands call (ours, by their SHA1)."""
-    for sha in {text(command[1]) for command in commands}:
-        await redis.script_load(_BY_SHA[sha])
+def _shas(commands: list[tuple[Any, ...]]) -> set[str]:
+    return {text(command[1]) for command in commands if text(command[0]).upper() == "EVALSHA"}
+
+
+async def load(redis: Redis, commands: list[tuple[Any, ...]], *, again: bool = False) -> None:
+    """SCRIPT LOAD the scripts these staged commands call by EVALSHA (ours, by their SHA1), unless
+    this process loaded them on this client's server already; `again`: whatever it did (the
+    server answered NOSCRIPT: it restarted, or a replica took over). Loading before the pipeline
+    is sent, rather than after it met NOSCRIPT, keeps the write and its WAIT in one round trip."""
+    loaded = _LOADED.setdefault(redis.connection_pool, set())
+    for sha in _shas(commands):
+        if again or sha not in loaded:
+            await redis.script_load(_BY_SHA[sha])
+            loaded.add(sha)
+
+
+# The scripts each client's server holds, as far as this process knows (service.stores.replication
+# loads a staged script before its first pipeline). Keyed by pool: one per client.
+_LOADED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()

@@ -29,7 +29,9 @@ class SyncStore:
     ) -> bool:
         """Keep `entry` as the data type's latest outcome unless a newer one (or this one) is
         kept; `lifecycle`: the (type, fields) of the event that keeping it emits. True if kept."""
-        record = orjson.dumps({**entry, "at": at_ms})
+        # `at` and the Codat event's id first: lua/sync_record.lua reads them there, undecoded.
+        first = {"at": at_ms, "codatEventId": entry["codatEventId"]} if "codatEventId" in entry else {"at": at_ms}
+        record = orjson.dumps({**first, **entry, "at": at_ms})
         kind, fields = lifecycle or ("", {})
         return bool(
             await self._record(
@@ -38,9 +40,11 @@ class SyncStore:
                 data_type=data_type,
                 at=at_ms,
                 record=record,
+                codat_event_id=entry["codatEventId"] if isinstance(entry.get("codatEventId"), str) else "",
                 kind=kind,
-                fields=orjson.dumps(fields),
-                **self._outbox.args(),
+                company=fields.get("companyId") or "",
+                event=self._outbox.encoded(kind, fields) if kind else "",
+                outbox_maxlen=self._outbox.maxlen,
             )
         )
 

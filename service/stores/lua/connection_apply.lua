@@ -3,8 +3,11 @@
 -- time the event gives for it, is kept whatever the outcome: a stale `connection.connected` still
 -- says the connection was once linked for the first time. Each call leaves one history entry; a
 -- change emits its lifecycle events before it is written.
--- Returns {outcome (applied | stale | tied), status now, initialSync, firstLinkSeen, the event
--- types emitted (a list)}.
+-- With a claim owner, the initial-sync claim is taken in the same call when the result makes the
+-- sync due (connection_claim_take): a first link's claim costs no round trip of its own.
+-- Returns {outcome (applied | stale | tied), status now, initialSync (before any claim here),
+-- firstLinkSeen, the event types emitted (a list), the claim's outcome (false: not asked, or not
+-- due)}.
 local connection = KEYS[1]           -- the connection's hash
 local history = KEYS[2]              -- its history (a list, newest first)
 local lifecycle = KEYS[3]            -- the lifecycle stream
@@ -28,11 +31,14 @@ local outbox_maxlen = ARGV[15]       -- Outbox.args: the stream's bound,
 local event_id = ARGV[16]            -- the event id (each event emitted appends .1, .2, ...),
 local derived_at = ARGV[17]          -- the time of derivation (ISO)
 local schema_version = ARGV[18]      -- and the events' schema version
+local claim_owner = ARGV[19]         -- "": take no claim here; else the job taking it
+local lease_ms = ARGV[20]            -- the claim's lease
 
 -- include: outbox_emit
+-- include: connection_claim_take
 
-local current, current_at, sync, seen = unpack(redis.call('HMGET', connection, 'status', 'statusAt',
-                                                           'initialSync', 'firstLinkSeen'))
+local current, current_at, sync, seen, holder, lease = unpack(redis.call('HMGET', connection, 'status',
+    'statusAt', 'initialSync', 'firstLinkSeen', 'initialSyncOwner', 'initialSyncLeaseUntil'))
 current_at = tonumber(current_at or '-1')
 local at = tonumber(event_at)
 local outcome = 'applied'
@@ -43,7 +49,7 @@ elseif at < current_at then
 elseif at == current_at and current and current ~= status then
   outcome = 'tied'
 end
-if outcome == 'tied' then return {outcome, current, sync or false, seen or false, {}} end
+if outcome == 'tied' then return {outcome, current, sync or false, seen or false, {}, false} end
 local newly_linked = first_link == '1' and not seen
 local kinds = {}
 if newly_linked then kinds[#kinds + 1] = 'connection.linked' end
@@ -60,18 +66,31 @@ for i, kind in ipairs(kinds) do
     companyId = company_id, connectionId = connection_id, status = status_now, previousStatus = current or nil,
     occurredAt = occurred_at, derivedAt = derived_at, webhookId = webhook_id, codatEventType = event_type})
 end
-redis.call('LPUSH', history, cjson.encode({at = tonumber(now), eventAt = tonumber(event_at),
-  from = current or nil, to = status, outcome = outcome, authoritative = authoritative == '1',
-  eventType = event_type, webhookId = webhook_id, emitted = kinds}))
-redis.call('LTRIM', history, 0, history_last)
+-- LPUSH answers the length: the list is trimmed only once it is longer than kept.
+if redis.call('LPUSH', history, cjson.encode({at = tonumber(now), eventAt = tonumber(event_at),
+    from = current or nil, to = status, outcome = outcome, authoritative = authoritative == '1',
+    eventType = event_type, webhookId = webhook_id, emitted = kinds})) > tonumber(history_last) + 1 then
+  redis.call('LTRIM', history, 0, history_last)
+end
 redis.call('PEXPIRE', history, history_ttl_ms)
 redis.call('SADD', company_connections, connection_id)
 if company_name ~= '' then redis.call('HSET', company_names, company_id, company_name) end
+-- Everything this call changes in the connection's hash, written by one HSET at the end.
+local writes = {}
 if newly_linked then
-  redis.call('HSET', connection, 'firstLinkSeen', '1', 'firstLinkAt', first_link_at)
+  writes = {'firstLinkSeen', '1', 'firstLinkAt', first_link_at}
   seen = '1'
 end
-if outcome == 'stale' then return {outcome, current, sync or false, seen or false, kinds} end
-redis.call('HSET', connection, 'status', status, 'statusAt', at, 'companyId', company_id,
-           'connectionId', connection_id, 'lastEventType', event_type, 'updatedAt', now)
-return {outcome, status, sync or false, seen or false, kinds}
+if outcome == 'applied' then
+  for _, v in ipairs({'status', status, 'statusAt', at, 'companyId', company_id, 'connectionId', connection_id,
+                      'lastEventType', event_type, 'updatedAt', now}) do writes[#writes + 1] = v end
+end
+-- Due: first-linked, Linked now and never synced, or a claim left behind (Applied.initial_sync_due).
+local claim = false
+if claim_owner ~= '' and sync ~= 'requested' and (sync == 'claimed' or (seen == '1' and status_now == 'Linked')) then
+  local fields
+  claim, fields = take_claim(status_now, sync, seen, holder, lease, claim_owner, tonumber(now), lease_ms)
+  for _, v in ipairs(fields) do writes[#writes + 1] = v end
+end
+if #writes > 0 then redis.call('HSET', connection, unpack(writes)) end
+return {outcome, status_now, sync or false, seen or false, kinds, claim}

@@ -15,14 +15,27 @@ local start = ARGV[6]          -- "1": start the jobs too
 local job_prefix = ARGV[7]     -- arq's job key prefix
 local retry_prefix = ARGV[8]   -- arq's retry counter prefix
 local retry_ttl = ARGV[9]      -- the retry counter's (s)
+local held = ARGV[10]          -- the ids the calling worker runs now, each followed by a NUL
+
+-- Jobs in progress stay in the queue until they end: the caller's own are stepped over here,
+-- without a SET NX that would fail (with 50 jobs in flight, most of a claim's commands were
+-- those: bench/README.md). Another worker's still cost a failing SET each.
+local skip, skipping = {}, 0
+for id in string.gmatch(held, '([^%z]+)%z') do
+  skip[id] = true
+  skipping = skipping + 1
+end
 
 want, scan, start = tonumber(want), tonumber(scan), start == '1'
 local out, claimed, offset = {}, 0, 0
 while claimed < want and offset < scan do
-  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, 100)
+  -- The caller's own jobs are the oldest due, mostly: a first page of them and the wanted ones
+  -- is often all a claim reads (a page costs the server by its size).
+  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset,
+                         math.min(100, want + skipping))
   if #due == 0 then break end
   for i = 1, #due, 2 do
-    if redis.call('SET', prefix .. due[i], '1', 'NX', 'PX', ttl) then
+    if not skip[due[i]] and redis.call('SET', prefix .. due[i], '1', 'NX', 'PX', ttl) then
       out[#out + 1] = due[i]
       out[#out + 1] = due[i + 1]
       if start then

@@ -2,18 +2,27 @@
 -- per job, DEL its in-progress key; a job that finished also loses its retry counter and job
 -- key, leaves the queue and the abort set, and has its result kept (for the ttl given, or for
 -- ever); a job to run again moves later in the queue by its score increment. One DEL and two
--- ZREMs for the whole batch. Returns the number of keys deleted.
+-- ZREMs for the whole batch. And what the jobs leave for the ops console (job_traces): their
+-- deliveries' traces and the minutes' counts, summed over the batch. Returns the number of keys
+-- deleted.
 local queue = KEYS[1]
 local aborts = KEYS[2]         -- arq's abort set
--- The prefixes (in-progress, retry, job, result), then five per job: its id, "1" when it
--- finished (else it is to run again), its result or "", the result's ttl (ms) or "" (kept for
--- ever), its queue score increment or "".
+-- The in-progress, retry, job and result key prefixes; how many jobs, traces and counts follow;
+-- the traces' ttl (s). Then five per job: its id, "1" when it finished (else it is to run
+-- again), its result or "", the result's ttl (ms) or "" (kept for ever), its queue score
+-- increment or "". Then per trace: its key and its value (JSON).
+-- Then per count: its minute's key, field, how many, the minute's expiry (epoch s).
 local ends = ARGV
 
+-- include: job_traces
+
 local in_progress, retry, job, result = ends[1], ends[2], ends[3], ends[4]
+local jobs, traces, counts, trace_ttl = tonumber(ends[5]), tonumber(ends[6]), tonumber(ends[7]), ends[8]
 local gone, finished = {}, {}
-for i = 5, #ends, 5 do
-  local id, done, value, value_ttl, incr = ends[i], ends[i + 1], ends[i + 2], ends[i + 3], ends[i + 4]
+local at = 9
+for _ = 1, jobs do
+  local id, done, value, value_ttl, incr = ends[at], ends[at + 1], ends[at + 2], ends[at + 3], ends[at + 4]
+  at = at + 5
   gone[#gone + 1] = in_progress .. id
   if done == '1' then
     gone[#gone + 1] = retry .. id
@@ -30,9 +39,19 @@ for i = 5, #ends, 5 do
     redis.call('ZINCRBY', queue, incr, id)
   end
 end
+for _ = 1, traces do
+  trace(ends[at], trace_ttl, ends[at + 1])
+  at = at + 2
+end
+for _ = 1, counts do
+  count(ends[at], ends[at + 1], ends[at + 2], ends[at + 3])
+  at = at + 4
+end
 if #finished > 0 then
   redis.call('ZREM', aborts, unpack(finished))
   redis.call('ZREM', queue, unpack(finished))
 end
-redis.call('DEL', unpack(gone))
+if #gone > 0 then
+  redis.call('DEL', unpack(gone))
+end
 return #gone
