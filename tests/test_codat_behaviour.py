@@ -145,6 +145,27 @@ def test_auto_requests_what_codat_was_expected_to_start_and_did_not(
     assert queued(codat, company, "invoices") == 1 and queued(codat, company, "bills") == 1
 
 
+def test_pulls_codat_did_not_start_are_still_owed_while_the_connection_is_disconnected(
+    codat: SandboxControl, client: httpx.Client, store: redis.Redis, pool: Workers
+) -> None:
+    # The check finds Codat's first pulls missing on a connection disconnected since: none can be
+    # asked now, and a reconnect is no first link, so the check waits and asks once it is Linked.
+    pool.start(1, CODAT_INITIAL_SYNC="auto", CODAT_SYNC_DATA_TYPES="invoices", CODAT_INITIAL_PULLS_CHECK_SECONDS="1")
+    company, connection = str(uuid.uuid4()), str(uuid.uuid4())
+    codat.seed(company, connection, "Linked")  # no Link: Codat's own pulls never start
+    deliver(client, connection_event("connection.connected", company, connection))
+    wait_until(lambda: sync_requested(client, connection), what="initial sync left to Codat")
+    deliver(client, connection_event("connection.disconnected", company, connection, status="Deauthorized"))
+    wait_until(lambda: events(pool, "sync.initial_check_waiting"), what="the check waiting for a relink")
+    assert queued(codat, company, "invoices", ok=None) == 0
+    deliver(client, connection_event("connection.reconnected", company, connection, status="Linked"))
+    wait_until(lambda: events(pool, "sync.initial_requested_after_check"), what="the check requested them")
+    wait_until(lambda: idle(store), what="queue drained")
+    waiting = events(pool, "sync.initial_check_waiting")
+    assert waiting[0]["status"] == "Deauthorized" and waiting[0]["data_types"] == ["invoices"]
+    assert queued(codat, company, "invoices") == 1
+
+
 def test_the_check_waits_out_a_429_and_a_refusal_ends_it_without_a_dead_letter(
     codat: SandboxControl, client: httpx.Client, store: redis.Redis, pool: Workers
 ) -> None:

@@ -34,7 +34,14 @@ from service.stores.syncs import SyncStore
 
 T = TypeVar("T")
 STORES = Path(scripts.__file__).parent
-FRAGMENTS = {"outbox_emit", "connection_claim_take", "company_lock_take", "job_traces"}
+FRAGMENTS = {
+    "outbox_emit",
+    "connection_claim_take",
+    "company_lock_take",
+    "job_traces",
+    "company_slot",
+    "rate_limit_paused",
+}
 
 
 def run(valkey: ValkeyServer, work: Callable[[Redis], Awaitable[T]]) -> T:
@@ -74,10 +81,14 @@ def test_a_script_body_reads_its_inputs_only_through_the_names_it_declares() -> 
 
 
 def test_the_outbox_fragment_is_included_where_a_script_emits() -> None:
-    for name in ("connection_apply", "connection_settle", "rate_limit_pause", "rate_limit_resume"):
+    for name in ("rate_limit_pause", "rate_limit_resume"):
         text = scripts.source(name)
         assert "local function emit(stream, maxlen, schema_version, id, kind, fields)" in text
         assert {"outbox_maxlen", "event_id", "derived_at", "schema_version"} <= set(scripts.signature(name).args)
+    # a connection's apply and settle get their events encoded but for what the script decides
+    for name, encoded in (("connection_apply", "event_fields"), ("connection_settle", "event")):
+        assert "local function emit_encoded(stream, maxlen, kind, company, event)" in scripts.source(name)
+        assert {"outbox_maxlen", encoded} <= set(scripts.signature(name).args)
     # sync_record, the one emitting script of every sync event, gets its event encoded (Outbox.encoded)
     assert "local function emit_encoded(stream, maxlen, kind, company, event)" in scripts.source("sync_record")
     assert {"outbox_maxlen", "event", "company"} <= set(scripts.signature("sync_record").args)
@@ -90,7 +101,7 @@ def test_a_call_must_name_exactly_what_the_script_declares(valkey: ValkeyServer)
         with pytest.raises(TypeError, match="missing"):
             await unlock(lock="k")
         with pytest.raises(TypeError, match="does not declare"):
-            await unlock(covered="c", lock="k", owner="o", connections="[]", covered_ttl=1, extra=1)
+            await unlock(covered="c", lock="k", calls="s", owner="o", connections="[]", covered_ttl=1, slot=0, extra=1)
 
     run(valkey, work)
 
@@ -322,9 +333,13 @@ def test_company_linked_and_unlock(valkey: ValkeyServer, store: redis.Redis) -> 
 def test_company_slot_take_limits_and_sweeps_expired(valkey: ValkeyServer, store: redis.Redis) -> None:
     async def work(client: Redis) -> list[bool]:
         slots = CompanySlots(client, limit=2, lease_ms=60_000)
-        taken = [await slots.take("co", "t1"), await slots.take("co", "t2"), await slots.take("co", "t3")]
+
+        async def take(token: str) -> bool:
+            return (await slots.take("co", token)).outcome == "taken"
+
+        taken = [await take("t1"), await take("t2"), await take("t3")]
         await client.zadd(keys.company_calls("co"), {"t1": 1})  # its lease long over
-        return [*taken, await slots.take("co", "t4")]
+        return [*taken, await take("t4")]
 
     assert run(valkey, work) == [True, True, False, True]
     assert set(store.zrange(keys.company_calls("co"), 0, -1)) == {b"t2", b"t4"}

@@ -16,14 +16,19 @@ text, not the status: https://docs.codat.io/using-the-api/queueing-data-syncs) m
 is being pulled right now: the queue calls return "in_progress" instead of raising. And before a
 call that names a company, a slot of that company's (service.stores.slots) is taken: Codat allows
 10 concurrent requests per company (https://docs.codat.io/using-the-api/rate-limits), so past
-that the call is not made and CompanyBusy, a RateLimited, defers the job a moment. Every answer's
-X-Rate-Limit-* headers go into gauges, so the daily quota is seen running out.
+that the call is not made and CompanyBusy, a RateLimited, defers the job a moment. The same
+script call reads the rate-limit pause (Paused: the call is not made); a call that names no
+company reads it alone (`before_call`), and a data/all made under the company's lock has both
+taken by the lock (`slot_held`). Every answer's X-Rate-Limit-* headers go into gauges, so the
+daily quota is seen running out.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import random
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +39,15 @@ import httpx
 
 from service.stores.slots import CompanySlots
 from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS, CODAT_QUOTA
+from workers.rate_limit import Paused
+
+# httpcore asks `import sniffio` on every request (to tell asyncio from trio, for each lock and
+# cancellation shield: ~5 a call). anyio 4 no longer brings sniffio, and a failed import is not
+# remembered by Python: each ask searched sys.path again, the largest share of a first link's
+# CPU after the call itself. Recording the absence once makes every later ask fail at once, as
+# it would have anyway (httpcore then takes asyncio, what it took before).
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 IN_PROGRESS = "DatasetAlreadyInProgressException"
 Queued = str  # "queued": Codat queued it now; "in_progress": a pull of it was already running
@@ -75,6 +89,12 @@ class CompanyBusy(RateLimited):
         super().__init__(f"{company_id}: Codat's concurrent requests per company in use", random.uniform(1.0, 3.0))
 
 
+def company_busy(operation: str, company_id: str) -> CompanyBusy:
+    """The call was not made: the company's slots were all in use (counted as such)."""
+    CODAT_CALLS.labels(operation, "company_busy").inc()
+    return CompanyBusy(company_id)
+
+
 class _AlreadyInProgress(CodatError):
     """Raised inside this module only: the queue calls turn it into "in_progress"."""
 
@@ -94,7 +114,8 @@ class CodatClient:
             headers={"Authorization": basic_auth(api_key), "Accept": "application/json"},
             timeout=httpx.Timeout(timeout, connect=3.0),
         )
-        # Run before every call: the rate-limit pause raises from here (workers.rate_limit).
+        # Run before every call that takes no company slot (the slot's script reads the pause):
+        # the rate-limit pause raises from here (workers.rate_limit).
         self._before_call = before_call
         self._slots = slots
 
@@ -131,9 +152,13 @@ class CodatClient:
                 return None
             raise
 
-    async def refresh_all(self, company_id: str) -> Queued:
+    async def refresh_all(self, company_id: str, slot_held: bool = False) -> Queued:
+        """`slot_held`: the company's lock took the call's slot, and read the pause, just before
+        (service.stores.companies); it is given back with the lock, not here."""
         try:
-            await self._call("refresh_all", "POST", f"/companies/{company_id}/data/all", company_id=company_id)
+            await self._call(
+                "refresh_all", "POST", f"/companies/{company_id}/data/all", company_id=company_id, slot_held=slot_held
+            )
         except _AlreadyInProgress:
             return "in_progress"
         return "queued"
@@ -184,17 +209,24 @@ class CodatClient:
         path: str,
         params: dict[str, Any] | None = None,
         company_id: str | None = None,
+        slot_held: bool = False,
     ) -> httpx.Response:
-        if self._before_call is not None:
+        token = ""  # the slot this call takes, and gives back after it
+        if slot_held:
+            pass
+        elif company_id and self._slots is not None:
+            token = uuid.uuid4().hex
+            taken = await self._slots.take(company_id, token)  # the pause and the slot: one round trip
+            if taken.outcome == "paused":
+                raise Paused(taken.paused_until or 0)
+            if taken.outcome != "taken":
+                raise company_busy(operation, company_id)
+        elif self._before_call is not None:
             await self._before_call()
-        token = uuid.uuid4().hex
-        if company_id and self._slots is not None and not await self._slots.take(company_id, token):
-            CODAT_CALLS.labels(operation, "company_busy").inc()
-            raise CompanyBusy(company_id)
         try:
             response = await self._request(operation, method, path, params)
         finally:
-            if company_id and self._slots is not None:
+            if token and company_id and self._slots is not None:
                 await self._slots.give_back(company_id, token)
         _record_quota(response.headers)
         status = response.status_code

@@ -84,7 +84,8 @@ class Deps:
             rate_limits=rate_limits,
             reconciles=ReconcileStore(redis, Replication.of(settings)),
             history=HistoryStore(redis),
-            companies=CompanyRefreshes(redis, Replication.of(settings)),
+            # a data/all takes its call's slot (and reads the pause) with the company's lock
+            companies=CompanyRefreshes(redis, Replication.of(settings), slots),
             codat=codat,
             fetch_on_first_link=FetchOnFirstLink(codat),
             queue=queue,

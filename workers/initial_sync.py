@@ -17,9 +17,9 @@ What Codat documents, and what this module does about it:
 
 What a first link costs Redis (every web and worker share one primary, deploy/SCALING.md): a
 connection event's apply takes the claim in its own call (`claim_for`); a data/all takes the
-company's lock, and reads what it covers, in one more, just before the call; the settle records
-what it covered and gives the lock back in its own. Three round trips, besides the call's
-rate-limit gate and slot.
+company's lock, reads what it covers and takes the call's rate-limit gate and company slot, in
+one more, just before the call; the settle records what it covered and gives the lock and the
+slot back in its own. Three round trips in all.
 - `request` calls on every first link as configured; `off` keeps state only.
 """
 
@@ -37,8 +37,8 @@ from redis.exceptions import RedisError
 from service.core.clock import parse_time_ms
 from service.stores.companies import Refresh
 from service.stores.connections import Claim, ConnectionStore
-from service.stores.keys import CHECK_INITIAL_PULLS, initial_pulls_check_job_id
-from workers.codat import CodatClient, CompanyBusy, Queued, RateLimited, Rejected, Unavailable
+from service.stores.keys import CHECK_INITIAL_PULLS, MAX_TRIES, initial_pulls_check_job_id
+from workers.codat import CodatClient, CompanyBusy, Queued, RateLimited, Rejected, Unavailable, company_busy
 from workers.deps import Deps
 from workers.job import Job
 from workers.rate_limit import Paused
@@ -95,17 +95,15 @@ async def request_initial_sync(
     locked: Refresh | None = None  # the company's data/all lock, held until the settle gives it back
     try:
         if call_all:
-            refresh = await deps.companies.lock(company_id, connection_id, uuid.uuid4().hex, REFRESH_LOCK_MS)
-            if refresh.outcome == "busy":
-                raise CompanyBusy(company_id)
+            refresh = await _lock(deps, company_id, connection_id)
             # Covered: one of ours already covered this connection (it was Linked here when made).
             locked = refresh if refresh.outcome == "locked" else None
-            answers["all"] = await codat.refresh_all(company_id) if locked else "covered"
+            answers["all"] = await codat.refresh_all(company_id, slot_held=refresh.slot) if locked else "covered"
         for data_type in pending:
             answers[data_type] = await codat.refresh_data_type(company_id, connection_id, data_type)
     except BaseException as exc:
-        if locked:
-            await deps.companies.unlock(company_id, locked.owner)  # no call made, nothing covered
+        if locked:  # no call made, nothing covered
+            await deps.companies.unlock(company_id, locked.owner, slot=locked.slot)
         if isinstance(exc, (RateLimited, Rejected, Paused)) and not answers and not requested:
             # Codat said no before anything was requested, and nothing was found requested before
             # (a fresh claim, or an in-doubt one whose history showed nothing): the next try starts
@@ -136,20 +134,32 @@ async def refresh_company(deps: Deps, company_id: str, connection_id: str) -> Qu
     """`data/all` for the company, unless one of ours already covered this connection ("covered").
     One at a time per company: another job's call in flight defers this one a moment, and its
     rerun finds itself covered if it was Linked (here) when that call was made."""
-    refresh = await deps.companies.lock(company_id, connection_id, uuid.uuid4().hex, REFRESH_LOCK_MS)
+    refresh = await _lock(deps, company_id, connection_id)
     if refresh.outcome == "covered":
         return "covered"
-    if refresh.outcome == "busy":
-        raise CompanyBusy(company_id)
     covered: frozenset[str] = frozenset()
     try:
         # Read under the lock, before the call: a connection Linked here now is linked at Codat
         # already (its event came after the fact), so this call covers it.
-        answer = await deps.codat.refresh_all(company_id)
+        answer = await deps.codat.refresh_all(company_id, slot_held=refresh.slot)
         covered = refresh.linked | {connection_id}
         return answer
     finally:
-        await deps.companies.unlock(company_id, refresh.owner, covered)
+        await deps.companies.unlock(company_id, refresh.owner, covered, slot=refresh.slot)
+
+
+async def _lock(deps: Deps, company_id: str, connection_id: str) -> Refresh:
+    """The company's data/all lock with the call's slot, or "covered". What keeps the call from
+    going out raises as the call itself would have: another data/all in flight or the company's
+    slots in use defer the job a moment (CompanyBusy), the rate-limit pause past it (Paused)."""
+    refresh = await deps.companies.lock(company_id, connection_id, uuid.uuid4().hex, REFRESH_LOCK_MS)
+    if refresh.outcome == "paused":
+        raise Paused(refresh.paused_until or 0)
+    if refresh.outcome == "busy":
+        raise CompanyBusy(company_id)
+    if refresh.outcome == "no_slot":
+        raise company_busy("refresh_all", company_id)
+    return refresh
 
 
 async def _schedule_check(deps: Deps, company_id: str, connection_id: str, data_types: list[str], mode: str) -> None:
@@ -171,12 +181,13 @@ async def check_initial_pulls(
 ) -> str:
     """Did the pulls Codat was expected to queue on this first link start? Those it did not
     are requested now (a rerun reads the history again first, so nothing is asked twice)."""
-    deps = Job.of(ctx).deps
+    job = Job.of(ctx)
+    deps = job.deps
     structlog.contextvars.bind_contextvars(company_id=company_id, connection_id=connection_id)
     try:
         # inside arq's job timeout, so that a hung call is this job's retry, not arq's failure
         async with asyncio.timeout(deps.call_budget_seconds):
-            answers = await _check(deps, company_id, connection_id, data_types, since_ms, mode)
+            answers = await _check(deps, company_id, connection_id, data_types, since_ms, mode, job.attempt)
     except (Paused, RateLimited, Unavailable, RedisError, TimeoutError) as exc:
         delay = exc.until_ms / 1000 - time.time() if isinstance(exc, Paused) else getattr(exc, "retry_after", 5.0)
         log.warning("sync.initial_check_deferred", reason=type(exc).__name__, retry_in_seconds=round(delay, 3))
@@ -191,19 +202,37 @@ async def check_initial_pulls(
 
 
 async def _check(
-    deps: Deps, company_id: str, connection_id: str, data_types: list[str], since_ms: int | None, mode: str
+    deps: Deps,
+    company_id: str,
+    connection_id: str,
+    data_types: list[str],
+    since_ms: int | None,
+    mode: str,
+    attempt: int,
 ) -> dict[str, str] | None:
-    """What had to be requested, and Codat's answer to each; None if nothing had to be."""
+    """What had to be requested, and Codat's answer to each; None if nothing had to be.
+
+    Pulls missing on a connection that is not Linked now (disconnected in the meantime) cannot
+    be asked for yet, and are still owed: a reconnect is no first link, so nothing else would
+    ask for them. The check waits (comes back after the same delay) until it is Linked again,
+    for up to MAX_TRIES checks; gone (deleted), nothing is owed."""
     current = await deps.connections.get(connection_id)
-    if current is None or current.get("status") != "Linked":
-        # Unlinked or gone since: no pull can be asked; a relink is not a first link.
-        log.info("sync.initial_check_skipped", reason="not_linked", status=current and current.get("status"))
+    if current is None:
+        log.info("sync.initial_check_skipped", reason="not_linked", status=None)
         return None
     started = await requested_since(deps.codat, company_id, connection_id, since_ms)
     missing = [t for t in data_types if t not in started]
     if not missing:
         log.info("sync.initial_codat_pulls_started", data_types=data_types)
         return None
+    status = current.get("status")
+    if status != "Linked":
+        if attempt >= MAX_TRIES:
+            log.warning("sync.initial_check_skipped", reason="not_linked", status=status, data_types=missing)
+            return None
+        delay = deps.settings.initial_pulls_check_seconds
+        log.info("sync.initial_check_waiting", status=status, data_types=missing, retry_in_seconds=delay)
+        raise Retry(defer=delay)
     log.warning("sync.initial_codat_pulls_missing", data_types=missing)
     if mode == "all":
         answer = await refresh_company(deps, company_id, connection_id)

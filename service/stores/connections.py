@@ -11,10 +11,16 @@ The scripts: lua/connection_apply.lua (the compare-and-set, its history entry an
 events), connection_claim, connection_settle, connection_expire and connection_release. A first
 link's claim is taken by its apply when that makes the sync due (`Claim`), and its settle gives
 the company's data/all lock back (service.stores.companies): no round trip of their own.
+
+The scripts run on the one primary every web and worker share, so they encode no JSON: the
+history entry and the lifecycle events are encoded here, but for what only the script decides
+(outcome, statuses, the events emitted; a settle's ids, as the state has them), which it joins
+in as text.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, NamedTuple
 
 import orjson
@@ -25,7 +31,7 @@ from service.stores import keys
 from service.stores.companies import COVERED_TTL_SECONDS, Refresh
 from service.stores.keys import HISTORY_LENGTH, HISTORY_TTL_MS
 from service.stores.keys import connection as key
-from service.stores.outbox import Outbox
+from service.stores.outbox import SCHEMA_VERSION, Outbox
 from service.stores.replication import PRIMARY_ONLY, Replication, execute
 from service.stores.scripts import Script, decoded, text
 
@@ -88,6 +94,27 @@ class ConnectionStore:
         With `claim`, the initial-sync claim is taken in the same call when the result makes the
         sync due: then, as with `claim_initial_sync`, this returns only once REDIS_MIN_REPLICAS
         replicas hold it (a Codat call may follow), else NotReplicated, and the job retries."""
+        now = now_ms()
+        webhook_id = webhook_id or ""
+        # The JSON of the history entry and of the lifecycle events, encoded here but for what
+        # only the script decides (it joins those in as text): the primary encodes nothing.
+        entry = {
+            "at": now,
+            "eventAt": at_ms,
+            "to": status,
+            "authoritative": authoritative,
+            "eventType": event_type,
+            "webhookId": webhook_id,
+        }
+        told = {
+            "companyId": company_id,
+            "connectionId": connection_id,
+            "occurredAt": occurred_at or iso(at_ms) or "",
+            "derivedAt": iso(now),
+            "webhookId": webhook_id,
+            "codatEventType": event_type,
+            "schemaVersion": SCHEMA_VERSION,
+        }
         named = dict(
             connection=key(connection_id),
             history=keys.connection_history(connection_id),
@@ -99,18 +126,19 @@ class ConnectionStore:
             company_id=company_id,
             connection_id=connection_id,
             event_type=event_type,
-            now=now_ms(),
+            now=now,
             authoritative=int(authoritative),
             first_link=int(first_link),
-            webhook_id=webhook_id,
-            occurred_at=occurred_at or iso(at_ms) or "",
             company_name=company_name or "",
             first_link_at=first_link_at_ms or at_ms,
             history_last=HISTORY_LENGTH - 1,
             history_ttl_ms=HISTORY_TTL_MS,
+            history_entry=orjson.dumps(entry)[:-1] + b",",  # open: the script closes it
+            outbox_maxlen=self._outbox.maxlen,
+            event_id=f"evt_{uuid.uuid4().hex}",
+            event_fields=orjson.dumps(told)[1:],  # the rest of an object the script opens
             claim_owner=claim.owner if claim else "",
             lease_ms=claim.lease_ms if claim else 0,
-            **self._outbox.args(),
         )
         if claim is None or not self._replication.replicas:
             reply = await self._apply(**named)
@@ -142,22 +170,26 @@ class ConnectionStore:
         """Mark it requested, if the claim is still `owner`'s; `details` go into the lifecycle
         event (mode, dataTypes, recovered, requestedBy, occurredAt). With `refresh`, the data/all
         made under the company's lock (of `company_id`): the connections it covered are recorded
-        and the lock given up in the same call, whatever became of the claim."""
+        and the lock given up in the same call, whatever became of the claim, with the company
+        slot the lock took for the call (`Refresh.slot`)."""
         now = now_ms()
         fields = {"occurredAt": iso(now), **{k: v for k, v in details.items() if v is not None}}
+        # Encoded here; the script joins in the ids as the state has them (lua/connection_settle.lua).
         return bool(
             await self._settle(
                 connection=key(connection_id),
                 lifecycle=self._outbox.stream,
                 covered=keys.company_refreshed_all(company_id),
                 lock=keys.company_refresh_lock(company_id),
+                calls=keys.company_calls(company_id),
                 owner=owner,
                 now=now,
-                fields=orjson.dumps(fields),
+                event=self._outbox.encoded("sync.initial_requested", fields),
                 lock_owner=refresh.owner if refresh else "",
+                slot=int(bool(refresh and refresh.slot)),
                 covered_ids=orjson.dumps(sorted(refresh.linked) if refresh else []),
                 covered_ttl=COVERED_TTL_SECONDS,
-                **self._outbox.args(),
+                outbox_maxlen=self._outbox.maxlen,
             )
         )
 

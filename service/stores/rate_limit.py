@@ -2,7 +2,9 @@
 remembered, so that a reset can put them back at the head of the queue at once.
 
 Both a reached and a reset are ordered by Codat's time (lua/rate_limit_pause.lua, rate_limit_resume.lua):
-a late delivery changes nothing; at the same time, a reset wins."""
+a late delivery changes nothing; at the same time, a reset wins. Whether the pause holds is one
+rule (lua/rate_limit_paused.lua), read before every Codat call: by `paused_until` for a call that
+names no company, with the company's slot for one that does (service.stores.slots)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ class RateLimits:
         self._outbox = outbox or Outbox()
         self._pause = Script(redis, "rate_limit_pause")
         self._resume = Script(redis, "rate_limit_resume")
+        self._check = Script(redis, "rate_limit_check")
 
     async def paused_until(self) -> int | None:
-        """Epoch ms the pause lasts until, or None when calls may go out."""
-        until = await self._redis.get(RATE_LIMIT_PAUSED_UNTIL)
-        return int(until) if until is not None and int(until) > now_ms() else None
+        """Epoch ms the pause lasts until, or None when calls may go out. A call that names a
+        company reads it with its slot instead (service.stores.slots): the rule, in one place, is
+        lua/rate_limit_paused.lua."""
+        until = await self._check(pause=RATE_LIMIT_PAUSED_UNTIL, now=now_ms())
+        return int(until) if until is not None else None
 
     async def pause(
         self,

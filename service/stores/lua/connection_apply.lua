@@ -5,6 +5,9 @@
 -- change emits its lifecycle events before it is written.
 -- With a claim owner, the initial-sync claim is taken in the same call when the result makes the
 -- sync due (connection_claim_take): a first link's claim costs no round trip of its own.
+-- The history entry and the lifecycle events are JSON the store encoded but for what only this
+-- call decides (outcome, from, status, previousStatus, emitted), joined here as text: no table is
+-- built or encoded by cjson but for one string each, on the one primary every event goes through.
 -- Returns {outcome (applied | stale | tied), status now, initialSync (before any claim here),
 -- firstLinkSeen, the event types emitted (a list), the claim's outcome (false: not asked, or not
 -- due)}.
@@ -21,18 +24,16 @@ local event_type = ARGV[5]
 local now = ARGV[6]                  -- ms
 local authoritative = ARGV[7]        -- "1": Codat's own answer, the truth as of now
 local first_link = ARGV[8]           -- "1": the event says the connection was linked for the first time
-local webhook_id = ARGV[9]
-local occurred_at = ARGV[10]         -- ISO
-local company_name = ARGV[11]        -- "" when the event does not give it
-local first_link_at = ARGV[12]       -- ms: when the first link happened, as far as the event can tell
-local history_last = ARGV[13]        -- the last index of the history kept (HISTORY_LENGTH - 1)
-local history_ttl_ms = ARGV[14]      -- the history is kept this long after its last entry
-local outbox_maxlen = ARGV[15]       -- Outbox.args: the stream's bound,
-local event_id = ARGV[16]            -- the event id (each event emitted appends .1, .2, ...),
-local derived_at = ARGV[17]          -- the time of derivation (ISO)
-local schema_version = ARGV[18]      -- and the events' schema version
-local claim_owner = ARGV[19]         -- "": take no claim here; else the job taking it
-local lease_ms = ARGV[20]            -- the claim's lease
+local company_name = ARGV[9]         -- "" when the event does not give it
+local first_link_at = ARGV[10]       -- ms: when the first link happened, as far as the event can tell
+local history_last = ARGV[11]        -- the last index of the history kept (HISTORY_LENGTH - 1)
+local history_ttl_ms = ARGV[12]      -- the history is kept this long after its last entry
+local history_entry = ARGV[13]       -- the entry's fields known before the call: a JSON object, open ('{"at":...,')
+local outbox_maxlen = ARGV[14]       -- the lifecycle stream's bound
+local event_id = ARGV[15]            -- the events' id (each event emitted appends .1, .2, ...)
+local event_fields = ARGV[16]        -- their common fields, derivedAt and schemaVersion: a JSON object's rest ('"companyId":...}')
+local claim_owner = ARGV[17]         -- "": take no claim here; else the job taking it
+local lease_ms = ARGV[18]            -- the claim's lease
 
 -- include: outbox_emit
 -- include: connection_claim_take
@@ -61,15 +62,18 @@ if outcome == 'applied' and current ~= status and (current or event_type ~= 'rec
   elseif status == 'Deleted' then kinds[#kinds + 1] = 'connection.deleted' end
 end
 local status_now = outcome == 'applied' and status or current
-for i, kind in ipairs(kinds) do
-  emit(lifecycle, outbox_maxlen, schema_version, event_id .. '.' .. i, kind, {
-    companyId = company_id, connectionId = connection_id, status = status_now, previousStatus = current or nil,
-    occurredAt = occurred_at, derivedAt = derived_at, webhookId = webhook_id, codatEventType = event_type})
+local from = current and (',"from":' .. cjson.encode(current)) or ''
+if #kinds > 0 then
+  local statuses = ',"status":' .. cjson.encode(status_now) .. (current and (',"previousStatus":' .. cjson.encode(current)) or '')
+  for i, kind in ipairs(kinds) do
+    emit_encoded(lifecycle, outbox_maxlen, kind, company_id,
+                 '{"id":"' .. event_id .. '.' .. i .. '","type":"' .. kind .. '"' .. statuses .. ',' .. event_fields)
+  end
 end
+local emitted = #kinds > 0 and ('["' .. table.concat(kinds, '","') .. '"]') or '[]'
 -- LPUSH answers the length: the list is trimmed only once it is longer than kept.
-if redis.call('LPUSH', history, cjson.encode({at = tonumber(now), eventAt = tonumber(event_at),
-    from = current or nil, to = status, outcome = outcome, authoritative = authoritative == '1',
-    eventType = event_type, webhookId = webhook_id, emitted = kinds})) > tonumber(history_last) + 1 then
+if redis.call('LPUSH', history, history_entry .. '"outcome":"' .. outcome .. '"' .. from .. ',"emitted":' .. emitted .. '}')
+    > tonumber(history_last) + 1 then
   redis.call('LTRIM', history, 0, history_last)
 end
 redis.call('PEXPIRE', history, history_ttl_ms)
@@ -82,8 +86,10 @@ if newly_linked then
   seen = '1'
 end
 if outcome == 'applied' then
-  for _, v in ipairs({'status', status, 'statusAt', at, 'companyId', company_id, 'connectionId', connection_id,
-                      'lastEventType', event_type, 'updatedAt', now}) do writes[#writes + 1] = v end
+  local n = #writes
+  writes[n + 1], writes[n + 2], writes[n + 3], writes[n + 4] = 'status', status, 'statusAt', at
+  writes[n + 5], writes[n + 6], writes[n + 7], writes[n + 8] = 'companyId', company_id, 'connectionId', connection_id
+  writes[n + 9], writes[n + 10], writes[n + 11], writes[n + 12] = 'lastEventType', event_type, 'updatedAt', now
 end
 -- Due: first-linked, Linked now and never synced, or a claim left behind (Applied.initial_sync_due).
 local claim = false
