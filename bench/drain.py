@@ -53,7 +53,7 @@ def backlog(size: int) -> Backlog:
         body["id"] = str(uuid.uuid4())
         message_id = f"msg_{uuid.uuid4().hex}"
         event = events.parse(orjson.dumps(body), message_id, now)
-        jobs.append((keys.event_job_id(message_id), keys.serialize_job([event.to_dict()], now)))
+        jobs.append((keys.event_job_id(message_id), keys.serialize_event_job(event.to_dict(), now)))
     return Backlog(pairs, jobs)
 
 

@@ -1,7 +1,8 @@
 """The floor for the drain benchmark: arq's stock Worker on arq's stock asyncio loop, with the
 settings the service's worker had when the baseline was taken (poll delay 50 ms, 20 jobs at
-once, results kept 60 s, orjson jobs), pinned here so that the floor does not move when the
-service's settings do, running a job that does nothing, over the same backlog.
+once, results kept 60 s, orjson jobs, read as the service's workers read them), pinned here so
+that the floor does not move when the service's settings do, running a job that does nothing,
+over the same backlog.
 
     REDIS_URL=redis://127.0.0.1:6379/0 python -m bench.floor
 
@@ -20,7 +21,7 @@ from arq import func
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
-from service.stores.keys import ARQ_MAX_TRIES, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME
+from service.stores.keys import ARQ_MAX_TRIES, JOB_TTL_MS, PROCESS_EVENT, QUEUE_NAME, deserialize_job
 
 
 async def nothing(ctx: dict[str, Any], record: dict[str, Any]) -> str:
@@ -34,7 +35,7 @@ def main() -> None:
         queue_name=QUEUE_NAME,
         redis_settings=RedisSettings.from_dsn(os.environ["REDIS_URL"]),
         job_serializer=orjson.dumps,
-        job_deserializer=orjson.loads,
+        job_deserializer=deserialize_job,  # JSON, or a delivery's job as the intake deflates it
         poll_delay=0.05,
         max_jobs=20,
         max_tries=ARQ_MAX_TRIES,

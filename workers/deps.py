@@ -15,7 +15,7 @@ from service.stores.companies import CompanyRefreshes
 from service.stores.connections import ConnectionStore
 from service.stores.deadletters import DeadLetters
 from service.stores.history import HistoryStore
-from service.stores.keys import QUEUE_NAME
+from service.stores.keys import QUEUE_NAME, deserialize_job
 from service.stores.outbox import Outbox
 from service.stores.rate_limit import RateLimits
 from service.stores.reconcile import ReconcileStore
@@ -73,7 +73,7 @@ class Deps:
         queue = ArqRedis(
             connection_pool=redis.connection_pool,
             job_serializer=orjson.dumps,
-            job_deserializer=orjson.loads,
+            job_deserializer=deserialize_job,
             default_queue_name=QUEUE_NAME,
         )
         return cls(

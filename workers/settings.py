@@ -24,6 +24,7 @@ from service.stores.keys import (
     QUEUE_NAME,
     RECONCILE_PAGE,
     RUN_HANDLER,
+    deserialize_job,
 )
 from service.stores.replication import Replication
 from workers import metrics
@@ -81,9 +82,10 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = clear_job_context
-    # The web process writes jobs as JSON (service.stores.keys); results and retries use the same.
+    # The web process writes a delivery's job as deflated JSON, the rest of the service as JSON
+    # (service.stores.keys); results and retries are written as JSON.
     job_serializer = orjson.dumps
-    job_deserializer = orjson.loads
+    job_deserializer = staticmethod(deserialize_job)
     # The fallback poll: a worker is woken when work arrives and when a deferred job comes due
     # (workers.worker), and polls at least this often for what no message announces (a job
     # whose worker was killed, coming due again when its in-progress key expires).

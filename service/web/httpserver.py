@@ -1,5 +1,6 @@
 """The HTTP server's protocols: a request's head (request line and headers) is bounded, whichever
-parser uvicorn runs, before it can cost memory.
+parser uvicorn runs, before it can cost memory; and with httptools, a response's head and body
+leave in one write (OneWriteTransport).
 
 httptools (llhttp) has no bound: it buffers a header however long it grows, so one unsigned
 request with a 64 MB header once took the web process from 46 MB to 175 MB at its peak.
@@ -67,6 +68,52 @@ class BoundedH11Protocol(H11Protocol):
         self.conn = _BoundedH11Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
 
 
+class OneWriteTransport:
+    """The transport as uvicorn's request cycle sees it: a response's head goes out with its body.
+
+    uvicorn writes the head (status line and headers) and then the body, each with a send() of
+    its own, and on loopback each send costs the sender about as much as a delivery's signature
+    check. Here a write is held until the next one in the same turn of the event loop, which
+    takes it along: a fixed answer (every webhook's) leaves in one send(). A write with no
+    follower (a streamed body's head, waiting for its first chunk) leaves at the end of the turn,
+    as it would have before the loop waited for anything else, and always before a close.
+    """
+
+    __slots__ = ("_flush_due", "_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._flush_due = False
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            if not self._flush_due:
+                self._flush_due = True
+                self._loop.call_soon(self._flush)
+        else:
+            self._held = None
+            self.transport.write(b"".join((held, data)))
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+        self.transport.close()
+
+
 if HttpToolsProtocol is not None:
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -85,6 +132,11 @@ if HttpToolsProtocol is not None:
             self._chunk_bytes = 0
             self._message_done = False  # a message ended inside this chunk: it did not all belong to the head
             self._refused = False
+            self._one_write: OneWriteTransport | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._one_write = OneWriteTransport(transport, self.loop)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:  # closing: whatever still arrives is dropped unread
@@ -108,7 +160,10 @@ if HttpToolsProtocol is not None:
             ):
                 self._refused = True  # no request cycle: the app never sees it
                 return
+            previous = self.cycle
             super().on_headers_complete()
+            if self.cycle is not previous:  # a request cycle begins (none for an upgrade)
+                self.cycle.transport = self._one_write  # type: ignore[assignment]
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:

@@ -30,6 +30,7 @@ from service.web.verification import Unverified, Verifier
 
 log = structlog.get_logger(__name__)
 
+PATH = "/webhooks/codat"
 # Codat retries a failed delivery on its own schedule; this is a hint for everyone else.
 RETRY_AFTER_SECONDS = 5
 _JSON = (b"content-type", b"application/json")
@@ -59,6 +60,17 @@ MALFORMED = _answer(400, "malformed")
 REJECTED = _answer(401, "rejected")
 TOO_LARGE = _answer(413, "too_large")
 UNAVAILABLE = _answer(503, "unavailable", (b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+# A bug's answer, as Starlette's ServerErrorMiddleware gives it (the route is served ahead of it:
+# service.web.app.WebApp).
+_ERROR_BODY = b"Internal Server Error"
+SERVER_ERROR = (
+    {
+        "type": "http.response.start",
+        "status": 500,
+        "headers": [(b"content-length", b"%d" % len(_ERROR_BODY)), (b"content-type", b"text/plain; charset=utf-8")],
+    },
+    {"type": "http.response.body", "body": _ERROR_BODY},
+)
 
 
 class ClientGone(Exception):
@@ -80,6 +92,10 @@ class WebhookEndpoint:
         except ClientGone:
             log.warning("webhook.client_disconnected")
             return
+        except Exception:
+            await send(SERVER_ERROR[0])  # nothing was sent yet: every answer goes out below
+            await send(SERVER_ERROR[1])
+            raise  # for the server to log
         ACK_SECONDS.observe(time.perf_counter() - started)
         await send(answer.start)
         await send(answer.body)

@@ -1,0 +1,186 @@
+"""The delivery's hot path made cheaper (issue 24), each shortcut held to what it replaces: the
+masker's quick look to the full masking, the timestamp to structlog's, the one-step JSON pipeline
+to the list of steps, the deflated job to the JSON job, the held response head to two writes,
+and the webhook's own 500 to Starlette's. In-process: no server, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import itertools
+import logging
+import unittest.mock
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+from structlog.contextvars import bind_contextvars, clear_contextvars
+
+from service.core import events, logs
+from service.stores import keys
+from service.web.httpserver import OneWriteTransport
+from service.web.verification import Verifier
+from service.web.webhooks import SERVER_ERROR, WebhookEndpoint
+from tests.support import SECRET, catalogue_examples, sign
+
+CREDENTIALS = [SECRET, "codat-api-key-0123456789abcdef", "ops-token-0123456789abcdef0123"]
+
+
+def _full_text(masker: logs.Masker, value: str) -> str:
+    """Masker.text without its quick look: every step, always."""
+    for form in masker.forms:
+        value = value.replace(form, logs.REDACTED)
+    value = logs._AUTH_SCHEME.sub(lambda match: f"{match.group(1)} {logs.REDACTED}", value)
+    return masker._cut_tail(value)
+
+
+def test_the_maskers_quick_look_never_skips_what_masking_would_change() -> None:
+    masker = logs.Masker(CREDENTIALS)
+    pieces = [
+        *masker.forms,
+        *(form[:cut] for form in masker.forms for cut in (3, 4, 9)),
+        "Bearer ",
+        "basic%20",
+        "BASIC+",
+        "ba\u017fic ",  # LATIN SMALL LETTER LONG S: the case-blind regex takes it for "s"
+        "BEAR\u0131ER ",
+        " ",
+        "abcd",
+        "\u00e9",
+        "\x00",
+    ]
+    for count in (1, 2, 3):
+        for parts in itertools.product(pieces, repeat=count):
+            value = "".join(parts)
+            assert masker.text(value) == _full_text(masker, value), value
+            assert masker.may_hold([value, "info"]) or _full_text(masker, value) == value, value
+
+
+def test_utc_timestamp_is_structlogs_to_the_character() -> None:
+    """structlog writes datetime.now(UTC).isoformat() with "Z": no fraction at microsecond 0."""
+    stamp = logs.UtcTimestamp()
+    for ns in (0, 1_733_366_400_000_000_999, 1_733_366_400_123_456_789, 1_733_366_459_999_999_999):
+        now = datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.UTC)
+        now = now.replace(microsecond=ns // 1000 % 1_000_000)
+        with unittest.mock.patch("time.time_ns", return_value=ns):
+            assert stamp(None, "info", {})["timestamp"] == now.isoformat().replace("+00:00", "Z")
+    before = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    ours = stamp(None, "info", {})["timestamp"]
+    after = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    assert before[:19] <= ours[:19] <= after[:19] and ours.endswith("Z")
+
+
+def test_the_one_step_json_pipeline_writes_what_the_list_of_steps_writes() -> None:
+    redact = logs.Redact(CREDENTIALS)
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, logs.UtcTimestamp(), redact]
+    tail = [structlog.processors.dict_tracebacks]
+    steps = [*shared, *tail, structlog.processors.JSONRenderer(serializer=logs._orjson_bytes)]
+
+    def lines(processors: list[Any]) -> list[dict[str, Any]]:
+        out = io.BytesIO()
+        wrapper = structlog.make_filtering_bound_logger(logging.DEBUG)
+        log = structlog.wrap_logger(structlog.BytesLogger(out), processors=processors, wrapper_class=wrapper)
+        with unittest.mock.patch("time.time_ns", return_value=1_733_366_400_123_456_789):
+            clear_contextvars()
+            log.info("plain", count=1, token="t")
+            bind_contextvars(webhook_id="msg_1", company_id="c")
+            log.warning("webhook.rejected", reason="bad", note=f"Bearer {SECRET}", kind=object)
+            log.warn("warned")
+            try:
+                raise ZeroDivisionError("boom")
+            except ZeroDivisionError:
+                log.exception("failed")
+            log.info("not_an_error", exc_info=False)
+            clear_contextvars()
+        parsed = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        for line in parsed:  # the frames' locals name this test's own variables
+            for exception in line.get("exception", []):
+                exception.pop("frames")
+        return parsed
+
+    assert lines([logs.JsonLine(shared, tail)]) == lines(steps)
+
+
+@pytest.mark.parametrize(("name", "event_type", "body"), catalogue_examples()[:40])
+def test_a_deflated_job_reads_back_as_its_json(name: str, event_type: str, body: dict[str, Any]) -> None:
+    event = events.parse(orjson.dumps(body), "msg_deflated", 1_733_366_400_123)
+    plain = keys.serialize_job([event.to_dict()], event.received_at_ms)
+    deflated = keys.serialize_event_job(event.to_dict(), event.received_at_ms)
+    assert keys.deserialize_job(deflated) == keys.deserialize_job(plain) == orjson.loads(plain)
+    assert len(deflated) < len(plain)
+
+
+def test_a_deflated_job_refuses_what_the_json_job_refuses() -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(300):
+        inner["a"] = {}
+        inner = inner["a"]
+    with pytest.raises(keys.Unqueueable) as refused:
+        keys.serialize_event_job(deep, 1)
+    assert refused.value.reason == "too_deep"
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_response_head_leaves_with_its_body_and_never_waits_past_the_turn() -> None:
+    async def scenario() -> list[list[bytes]]:
+        transport = _Transport()
+        one = OneWriteTransport(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        seen = []
+        one.write(b"head1")
+        one.write(b"body1")  # the fixed answer: one write
+        seen.append(list(transport.writes))
+        one.write(b"head2")  # a streamed body's head: nothing follows in this turn
+        seen.append(list(transport.writes))
+        await asyncio.sleep(0)
+        seen.append(list(transport.writes))
+        one.write(b"head3")
+        one.close()  # what is held goes before the close
+        seen.append(list(transport.writes))
+        await asyncio.sleep(0)
+        return seen
+
+    first, held, flushed, closed = asyncio.run(scenario())
+    assert first == [b"head1body1"]
+    assert held == [b"head1body1"]
+    assert flushed == [b"head1body1", b"head2"]
+    assert closed == [b"head1body1", b"head2", b"head3"]
+
+
+def test_a_bug_in_the_webhook_is_answered_500_as_starlette_would_then_raised() -> None:
+    class BrokenIntake:
+        async def enqueue_once(self, event: events.Event) -> bool:
+            raise RuntimeError("a bug")
+
+    body = orjson.dumps({"id": "x", "eventType": "company.created", "payload": {}})
+    headers = [(k.encode(), v.encode()) for k, v in sign(body).items()]
+    endpoint = WebhookEndpoint(Verifier([SECRET]), BrokenIntake())  # type: ignore[arg-type]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        asyncio.run(endpoint({"type": "http", "headers": headers}, receive, send))
+    assert sent == list(SERVER_ERROR)
+    assert sent[0]["status"] == 500 and sent[1]["body"] == b"Internal Server Error"
