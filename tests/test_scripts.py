@@ -37,7 +37,6 @@ STORES = Path(scripts.__file__).parent
 FRAGMENTS = {
     "outbox_emit",
     "connection_claim_take",
-    "company_lock_take",
     "job_traces",
     "company_slot",
     "rate_limit_paused",
