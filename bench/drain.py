@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -66,12 +67,24 @@ def stage(stack: Stack, work: Backlog) -> None:
     pipe.execute()
 
 
-def run(stack: Stack, kind: str, count: int, network: str, size: int, max_seconds: float) -> dict:
+def run(
+    stack: Stack,
+    kind: str,
+    count: int,
+    network: str,
+    size: int,
+    max_seconds: float,
+    staged: Callable[[], object] | None = None,
+) -> dict:
+    """`staged`: called once the backlog is staged, before the workers start (bench.profile
+    starts its slow log there, so that the staging's own writes are not in it)."""
     stack.reset()
     work = backlog(size)
     if kind == "service":
         stack.seed_linked(work.pairs)
     stage(stack, work)
+    if staged is not None:
+        staged()
     workers = stack.workers(kind, count, network)
     polls = 0
     try:
