@@ -150,7 +150,8 @@ def test_pulls_codat_did_not_start_are_still_owed_while_the_connection_is_discon
 ) -> None:
     # The check finds Codat's first pulls missing on a connection disconnected since: none can be
     # asked now, and a reconnect is no first link, so the check waits and asks once it is Linked.
-    pool.start(1, CODAT_INITIAL_SYNC="auto", CODAT_SYNC_DATA_TYPES="invoices", CODAT_INITIAL_PULLS_CHECK_SECONDS="1")
+    # 3 s: the disconnect (or the deletion) is applied well before the check runs
+    pool.start(1, CODAT_INITIAL_SYNC="auto", CODAT_SYNC_DATA_TYPES="invoices", CODAT_INITIAL_PULLS_CHECK_SECONDS="3")
     company, connection = str(uuid.uuid4()), str(uuid.uuid4())
     codat.seed(company, connection, "Linked")  # no Link: Codat's own pulls never start
     deliver(client, connection_event("connection.connected", company, connection))
@@ -164,6 +165,18 @@ def test_pulls_codat_did_not_start_are_still_owed_while_the_connection_is_discon
     waiting = events(pool, "sync.initial_check_waiting")
     assert waiting[0]["status"] == "Deauthorized" and waiting[0]["data_types"] == ["invoices"]
     assert queued(codat, company, "invoices") == 1
+
+    # Deleted instead: nothing is owed, the check ends at once (no hour of pull-history reads)
+    gone_company, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    codat.seed(gone_company, gone, "Linked")
+    deliver(client, connection_event("connection.connected", gone_company, gone))
+    wait_until(lambda: sync_requested(client, gone), what="initial sync left to Codat")
+    deliver(client, connection_event("connection.deleted", gone_company, gone, status="Deleted"))
+    wait_until(
+        lambda: any(e.get("connection_id") == gone for e in events(pool, "sync.initial_check_skipped")),
+        what="the check ended",
+    )
+    assert not [e for e in events(pool, "sync.initial_check_waiting") if e.get("connection_id") == gone]
 
 
 def test_the_check_waits_out_a_429_and_a_refusal_ends_it_without_a_dead_letter(

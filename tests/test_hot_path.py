@@ -164,6 +164,51 @@ def test_a_response_head_leaves_with_its_body_and_never_waits_past_the_turn() ->
     assert closed == [b"head1body1", b"head2", b"head3"]
 
 
+def test_the_protocols_own_answers_and_closes_keep_their_place_behind_a_held_write() -> None:
+    """The wrapper is the protocol's transport, not only the request cycle's: a head held for its
+    body, then the protocol's own 400 for a malformed pipelined request and its close, in the same
+    turn, leave in order and nothing is dropped; everything else is the real transport's."""
+    import uvicorn.protocols.http.httptools_impl  # noqa: F401  (the protocol the web runs)
+
+    from service.web.httpserver import BoundedHttpToolsProtocol
+
+    class Real(_Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"peername": ("127.0.0.1", 5), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def set_write_buffer_limits(self, *args: Any) -> None:
+            pass
+
+    async def scenario() -> tuple[Real, Any]:
+        from uvicorn.config import Config
+        from uvicorn.server import ServerState
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            pass
+
+        config = Config(app=app, http="httptools", log_config=None)
+        config.load()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+        real = Real()
+        protocol.connection_made(real)  # type: ignore[arg-type]
+        protocol.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")  # a HEAD's answer: held
+        protocol.send_400_response("Invalid HTTP request received.")  # the next request's, same turn
+        await asyncio.sleep(0)
+        return real, protocol.transport
+
+    real, wrapped = asyncio.run(scenario())
+    assert isinstance(wrapped, OneWriteTransport)
+    assert len(real.writes) == 1 and real.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"HTTP/1.1 400 Bad Request" in real.writes[0] and real.closed
+    assert wrapped.get_extra_info("peername") == ("127.0.0.1", 5)
+
+
 def test_a_bug_in_the_webhook_is_answered_500_as_starlette_would_then_raised() -> None:
     class BrokenIntake:
         async def enqueue_once(self, event: events.Event) -> bool:

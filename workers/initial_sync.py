@@ -217,8 +217,8 @@ async def _check(
     ask for them. The check waits (comes back after the same delay) until it is Linked again,
     for up to MAX_TRIES checks; gone (deleted), nothing is owed."""
     current = await deps.connections.get(connection_id)
-    if current is None:
-        log.info("sync.initial_check_skipped", reason="not_linked", status=None)
+    if current is None or current.get("status") == "Deleted":  # gone: no pull is owed, or can be
+        log.info("sync.initial_check_skipped", reason="not_linked", status=current and current.get("status"))
         return None
     started = await requested_since(deps.codat, company_id, connection_id, since_ms)
     missing = [t for t in data_types if t not in started]

@@ -77,6 +77,11 @@ class OneWriteTransport:
     takes it along: a fixed answer (every webhook's) leaves in one send(). A write with no
     follower (a streamed body's head, waiting for its first chunk) leaves at the end of the turn,
     as it would have before the loop waited for anything else, and always before a close.
+
+    It is the protocol's transport, not only the request cycle's: the protocol's own answers (a
+    400 for a malformed pipelined request, the 431 refusal) and closes (shutdown, the keep-alive
+    timeout) go through it too, so they can neither pass nor drop a held write. Everything else
+    (flow control, extra info) is the real transport's.
     """
 
     __slots__ = ("_flush_due", "_held", "_loop", "transport")
@@ -113,6 +118,9 @@ class OneWriteTransport:
             self.transport.write(held)
         self.transport.close()
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
 
 if HttpToolsProtocol is not None:
 
@@ -132,11 +140,9 @@ if HttpToolsProtocol is not None:
             self._chunk_bytes = 0
             self._message_done = False  # a message ended inside this chunk: it did not all belong to the head
             self._refused = False
-            self._one_write: OneWriteTransport | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._one_write = OneWriteTransport(transport, self.loop)
+            super().connection_made(OneWriteTransport(transport, self.loop))  # type: ignore[arg-type]
 
         def data_received(self, data: bytes) -> None:
             if self._refused:  # closing: whatever still arrives is dropped unread
@@ -160,10 +166,7 @@ if HttpToolsProtocol is not None:
             ):
                 self._refused = True  # no request cycle: the app never sees it
                 return
-            previous = self.cycle
             super().on_headers_complete()
-            if self.cycle is not previous:  # a request cycle begins (none for an upgrade)
-                self.cycle.transport = self._one_write  # type: ignore[assignment]
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:
