@@ -52,6 +52,7 @@ from tests.support import (
 from workers import handlers, reconcile
 from workers.codat import CodatClient, Unavailable
 from workers.deps import Deps
+from workers.initial_sync import check_initial_pulls
 from workers.jobs import process_event
 from workers.metrics import CODAT_CALLS
 
@@ -310,3 +311,27 @@ async def _until(predicate: Any, within: float = 15) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {within}s")
+
+
+async def test_the_first_pull_check_waits_for_a_relink_only_so_long(
+    valkey: ValkeyServer, store: redis.Redis, sandbox: SandboxControl
+) -> None:
+    """Codat's first pulls missing on a connection disconnected since: the check comes back
+    (arq's Retry) while tries are left, and on its last try ends without asking Codat for a pull
+    it cannot make (workers.initial_sync)."""
+    company, connection = str(uuid.uuid4()), str(uuid.uuid4())
+    sandbox.seed(company, connection, "Deauthorized")  # no pull of it, ever
+    async with built(valkey, sandbox.url, CODAT_INITIAL_SYNC="auto") as (deps, _):
+        await deps.connections.apply(
+            connection_id=connection,
+            company_id=company,
+            status="Deauthorized",
+            at_ms=now_ms(),
+            event_type="connection.disconnected",
+        )
+        arguments = (company, connection, ["invoices"], now_ms() - 1000, "data_types")
+        with pytest.raises(Retry):
+            await check_initial_pulls(ctx_of(deps, job_try=MAX_TRIES - 1), *arguments)
+        assert await check_initial_pulls(ctx_of(deps, job_try=MAX_TRIES), *arguments) == "done"
+    assert len(sandbox.calls(company, "/data/history", method="GET")) == 2  # it looked, each try
+    assert not sandbox.calls(company, method="POST")  # and asked for nothing

@@ -213,9 +213,11 @@ async def _check(
     """What had to be requested, and Codat's answer to each; None if nothing had to be.
 
     Pulls missing on a connection that is not Linked now (disconnected in the meantime) cannot
-    be asked for yet, and are still owed: a reconnect is no first link, so nothing else would
-    ask for them. The check waits (comes back after the same delay) until it is Linked again,
-    for up to MAX_TRIES checks; gone (deleted), nothing is owed."""
+    be asked for yet, and are still owed: Codat queues them by itself only "when a company is
+    first linked" (https://docs.codat.io/core-concepts/data-type-settings), and a reconnect is
+    no first link, so nothing else would ask for them. The check waits (comes back after the
+    same delay) until it is Linked again, for up to MAX_TRIES checks; gone (deleted), nothing is
+    owed."""
     current = await deps.connections.get(connection_id)
     if current is None or current.get("status") == "Deleted":  # gone: no pull is owed, or can be
         log.info("sync.initial_check_skipped", reason="not_linked", status=current and current.get("status"))

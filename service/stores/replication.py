@@ -60,10 +60,9 @@ async def execute(redis: Redis, pipe: Pipeline, replication: Replication) -> lis
 
     A staged script (scripts.Script.stage, EVALSHA) is loaded before its first pipeline. One that
     Redis has lost since (restarted, or a replica promoted) ran nothing: it is loaded again, and
-    those calls alone sent again with a WAIT of their own, whose answer is the one that counts (a
-    replication offset is the primary's: that later WAIT covers the first pipeline's writes
-    too). Unless the first WAIT already fell short: then the answer is NotReplicated whatever the
-    retry would do, and nothing is sent again."""
+    those calls alone sent again with a WAIT of their own (the first WAIT confirmed the rest of
+    the first pipeline). Unless that first WAIT already fell short: then the answer is
+    NotReplicated whatever the retry would do, and nothing is sent again."""
     staged = [args for args, _ in pipe.command_stack]  # execute() empties it
     await load(redis, staged)
     results, acknowledged = await _send(redis, pipe, replication)
