@@ -26,9 +26,7 @@ daily quota is seen running out.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import random
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,14 +38,6 @@ import httpx
 from service.stores.slots import CompanySlots
 from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS, CODAT_QUOTA
 from workers.rate_limit import Paused
-
-# httpcore asks `import sniffio` on every request (to tell asyncio from trio, for each lock and
-# cancellation shield: ~5 a call). anyio 4 no longer brings sniffio, and a failed import is not
-# remembered by Python: each ask searched sys.path again, the largest share of a first link's
-# CPU after the call itself. Recording the absence once makes every later ask fail at once, as
-# it would have anyway (httpcore then takes asyncio, what it took before).
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 IN_PROGRESS = "DatasetAlreadyInProgressException"
 Queued = str  # "queued": Codat queued it now; "in_progress": a pull of it was already running
