@@ -117,6 +117,15 @@ def test_sync_outcomes_and_the_rate_limit_pause_are_told_once(
     assert not store.exists("codat:rate-limit:paused-until")
     sync = [(e["type"], e["status"]) for e in events(store, company=company)]
     assert sync == [("sync.completed", "Complete"), ("sync.failed", "FetchError")]
+    # each outcome logged once it is known whether it was kept (with the job's end), in the
+    # job's context, after the job's own line: the replay and the older one as stale
+    lines = [line for line in workers.logs() if line.get("company_id") == company]
+    told = [(line["event"], line["stale"]) for line in lines if line["event"].startswith("sync.")]
+    assert sorted(told) == [("sync.completed", False), *[("sync.completed", True)] * 2, ("sync.failed", False)]
+    for line in lines:
+        if line["event"].startswith("sync."):
+            job = [i for i, other in enumerate(lines) if other.get("job_id") == line["job_id"]]
+            assert lines[job[-1]] is line and lines[job[-2]]["event"] == "event.processed"
     assert [e["type"] for e in events(store, company="")] == ["rate_limit.paused", "rate_limit.resumed"]
 
 

@@ -40,6 +40,7 @@ FRAGMENTS = {
     "job_traces",
     "company_slot",
     "rate_limit_paused",
+    "sync_keep",
 }
 
 

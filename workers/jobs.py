@@ -34,7 +34,6 @@ from service.stores.history import trace_value
 from service.stores.keys import MAX_TRIES
 from workers import connection_events, rate_limit, sync_events
 from workers.codat import CodatError, RateLimited, Rejected, Unavailable
-from workers.deps import Deps
 from workers.job import Job
 from workers.metrics import JOB_SECONDS, JOBS
 
@@ -43,22 +42,26 @@ log = structlog.get_logger(__name__)
 MAX_BACKOFF_SECONDS = 300.0
 
 
-async def _recorded(deps: Deps, event: Event, job_id: str) -> str:
+async def _connection(job: Job, event: Event) -> str:
+    return await connection_events.handle(job.deps, event, job.id)
+
+
+async def _sync(job: Job, event: Event) -> str:
+    return await sync_events.handle(job.deps.syncs, event, job.ending)
+
+
+async def _rate_limit(job: Job, event: Event) -> str:
+    return await rate_limit.handle(job.deps.rate_limits, event)
+
+
+async def _recorded(job: Job, event: Event) -> str:
     log.info("event.recorded")
     return "recorded"
 
 
-async def _sync(deps: Deps, event: Event, job_id: str) -> str:
-    return await sync_events.handle(deps.syncs, event)
-
-
-async def _rate_limit(deps: Deps, event: Event, job_id: str) -> str:
-    return await rate_limit.handle(deps.rate_limits, event)
-
-
-Handler = Callable[[Deps, Event, str], Awaitable[str]]
+Handler = Callable[[Job, Event], Awaitable[str]]
 HANDLERS: dict[str, Handler] = {
-    "connection": connection_events.handle,
+    "connection": _connection,
     "sync": _sync,
     "rate_limit": _rate_limit,
     "recorded": _recorded,
@@ -144,7 +147,7 @@ async def _policy(job: Job, event: Event, record: dict[str, Any], route: str) ->
     deps = job.deps
     try:
         async with asyncio.timeout(deps.call_budget_seconds):
-            outcome = await HANDLERS[route](deps, event, job.id)
+            outcome = await HANDLERS[route](job, event)
     except rate_limit.Paused as exc:
         await deps.rate_limits.remember_deferred(job.id)
         return await _defer(job, record, (exc.until_ms - now_ms()) / 1000, "rate_limit_paused", exc)

@@ -1,8 +1,15 @@
 """Sync events: each data type's outcome kept as the company's latest (service.stores.syncs), error
-statuses logged at error level under one event name (`sync.failed`) for alerting."""
+statuses logged at error level under one event name (`sync.failed`) for alerting.
+
+A job the worker runs hands its outcomes to the worker, which keeps them in the same script call
+as the job's end (workers.job.Ending): no round trip of their own, and an outcome is kept exactly
+when its job ends. The lines are logged once that call has answered, so they come after the
+job's `event.processed` line."""
 
 from __future__ import annotations
 
+import contextvars
+import functools
 from typing import Any
 
 import structlog
@@ -10,6 +17,7 @@ import structlog
 from service.core.clock import iso, now_ms
 from service.core.events import Event
 from service.stores.syncs import SyncStore
+from workers.job import Ending
 from workers.metrics import SYNC_OUTCOMES
 
 log = structlog.get_logger(__name__)
@@ -48,7 +56,10 @@ def _lifecycle(event: Event, item: dict[str, Any]) -> tuple[str, dict[str, Any]]
     return kind, {k: v for k, v in fields.items() if v is not None}
 
 
-async def handle(syncs: SyncStore, event: Event) -> str:
+async def handle(syncs: SyncStore, event: Event, ending: Ending | None = None) -> str:
+    """Each data type's outcome kept (with the job's end when the worker runs it: `ending`),
+    and logged once it is known whether it was kept (`stale` when a newer one, or this one, was
+    kept already)."""
     if event.company_id is None:
         log.warning("sync.event_without_company")
         return "ignored"
@@ -67,16 +78,20 @@ async def handle(syncs: SyncStore, event: Event) -> str:
             log.warning("sync.unreadable_data_type", item=item)
             continue
         entry = {**item, "eventType": event.event_type, "recordedAt": now_ms(), "codatEventId": event.codat_id}
-        newer = await syncs.record(event.company_id, data_type, at, entry, _lifecycle(event, item))
-        SYNC_OUTCOMES.labels(data_type, status).inc()
-        fields = {
-            "data_type": data_type,
-            "status": status,
-            "connection_id": item.get("connectionId"),
-            "stale": not newer,
-        }
-        if status in ERROR_STATUSES:
-            log.error("sync.failed", **fields)
+        keep = syncs.keep(event.company_id, data_type, at, entry, _lifecycle(event, item))
+        if ending is not None:
+            # told in the job's context (its log context bound), from the worker's finish
+            told = functools.partial(contextvars.copy_context().run, _told, data_type, status, item.get("connectionId"))
+            ending.syncs.append((keep, told))
         else:
-            log.info("sync.completed" if status == "Complete" else "sync.status", **fields)
+            _told(data_type, status, item.get("connectionId"), await syncs.write(keep))
     return "recorded"
+
+
+def _told(data_type: str, status: str, connection_id: Any, kept: bool) -> None:
+    SYNC_OUTCOMES.labels(data_type, status).inc()
+    fields = {"data_type": data_type, "status": status, "connection_id": connection_id, "stale": not kept}
+    if status in ERROR_STATUSES:
+        log.error("sync.failed", **fields)
+    else:
+        log.info("sync.completed" if status == "Complete" else "sync.status", **fields)

@@ -39,7 +39,8 @@ each job runs through arq's `run_job`. Three hooks are missing, so this subclass
   and two ZREMs for the batch; group commit, as the intake does). A job still waits for its own
   end to be written before its task ends, so shutdown and a killed worker are as before: a job
   whose end was not written runs again once its in-progress key expires. What the job leaves
-  for the ops console (its trace, the minute's counts: workers.job.Ending) goes in the same call.
+  (its sync outcomes to keep, and for the ops console its trace and the minute's counts:
+  workers.job.Ending) goes in the same call.
 
 And per job, less CPU: the worker's loop is uvloop; the pool packs commands with hiredis, as
 the web's client does (service.stores.client); arq's own "→ job started" / "← job done" info
@@ -173,7 +174,7 @@ class ResilientWorker(Worker):
         # The last claim filled every free slot: more may be due, so a slot coming free wakes.
         self._saturated = False
         self._watch: PrimaryWatch | None = None
-        self._finishes: list[tuple[jobqueue.Finish, asyncio.Future[None]]] = []
+        self._finishes: list[tuple[jobqueue.Finish, asyncio.Future[tuple[bool, ...]]]] = []
         self._finisher: asyncio.Task[None] | None = None
 
     @property  # type: ignore[override]
@@ -283,27 +284,29 @@ class ResilientWorker(Worker):
             )
             return
         ttl = None if keep_result_forever else to_ms(result_timeout_s)
-        ending = ENDING.get() or Ending()  # what the job left for the console, if it ran here
-        end = jobqueue.Finish(job_id, finish, result_data or None, ttl, incr_score, ending.trace, ending.counts)
-        written: asyncio.Future[None] = self.loop.create_future()
+        ending = ENDING.get() or Ending()  # what the job left to write with its end, if it ran here
+        syncs = tuple(keep for keep, _ in ending.syncs)
+        end = jobqueue.Finish(job_id, finish, result_data or None, ttl, incr_score, ending.trace, ending.counts, syncs)
+        written: asyncio.Future[tuple[bool, ...]] = self.loop.create_future()
         self._finishes.append((end, written))
         if self._finisher is None or self._finisher.done():
             self._finisher = self.loop.create_task(self._finish_batches(), context=contextvars.Context())
-        await written
+        ending.written(await written)
 
     async def _finish_batches(self) -> None:
         while self._finishes:
             batch, self._finishes = self._finishes[:MAX_FINISH_BATCH], self._finishes[MAX_FINISH_BATCH:]
             try:
-                await jobqueue.finish_batch(cast(ArqRedis, self._pool), [end for end, _ in batch], self.queue_name)
+                pool = cast(ArqRedis, self._pool)
+                kept = await jobqueue.finish_batch(pool, [end for end, _ in batch], self.queue_name)
             except Exception as exc:  # as arq's MULTI failing: each job's run_job raises it
                 for _, written in batch:
                     if not written.done():
                         written.set_exception(exc)
             else:
-                for _, written in batch:
+                for (_, written), its_kept in zip(batch, kept, strict=True):
                     if not written.done():
-                        written.set_result(None)
+                        written.set_result(its_kept)
 
     def _job_done(self, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from service.stores.activity import Count
 from service.stores.keys import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, QUEUE_NAME, TRACE_TTL_SECONDS
 from service.stores.scripts import Script, text
+from service.stores.syncs import SYNC_KEEP_ARGS, Keep
 
 # arq's retry counter lives this long after a try (arq.worker.run_job's 88400 s)
 RETRY_TTL_SECONDS = 88400
@@ -62,8 +63,8 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class Finish:
     """One job's end, as arq's `finish_job` gets it (a cron job's is not batched), and what the
-    job leaves for the ops console: its delivery's trace (key, value: history.trace_value) and
-    its counts (activity.counts)."""
+    job leaves: its sync outcomes to keep (syncs.Keep), and for the ops console its delivery's
+    trace (key, value: history.trace_value) and its counts (activity.counts)."""
 
     job_id: str
     finished: bool
@@ -72,6 +73,7 @@ class Finish:
     incr_score: int | None = None
     trace: tuple[str, bytes] | None = None
     counts: tuple[Count, ...] = ()
+    syncs: tuple[Keep, ...] = ()
 
 
 async def claim_and_start(
@@ -92,11 +94,13 @@ async def claim_and_start(
     return claimed, later
 
 
-async def finish_batch(redis: Redis, finishes: list[Finish], queue: str = QUEUE_NAME) -> None:
-    """arq's `finish_job` for every job of `finishes`, with their traces and counts (the counts
-    summed over the batch), in one script call."""
+async def finish_batch(redis: Redis, finishes: list[Finish], queue: str = QUEUE_NAME) -> list[tuple[bool, ...]]:
+    """arq's `finish_job` for every job of `finishes`, with their sync outcomes, traces and counts
+    (the counts summed over the batch), in one script call. Returns, per finish, whether each of
+    its sync outcomes was kept (SyncStore.record's answer)."""
     jobs: list[Any] = []
     traces: list[Any] = []
+    syncs: list[Any] = []
     summed: dict[tuple[str, str], list[int]] = {}
     for end in finishes:
         jobs += (
@@ -110,10 +114,14 @@ async def finish_batch(redis: Redis, finishes: list[Finish], queue: str = QUEUE_
             traces += end.trace
         for minute, field, n, expire_at in end.counts:
             summed.setdefault((minute, field), [0, expire_at])[0] += n
+        for keep in end.syncs:
+            syncs += keep.args
     counts = [v for (minute, field), (n, expire_at) in summed.items() for v in (minute, field, n, expire_at)]
     ends: list[Any] = [IN_PROGRESS_KEY_PREFIX, retry_key_prefix, JOB_KEY_PREFIX, result_key_prefix]
-    ends += (len(finishes), sum(1 for end in finishes if end.trace is not None), len(summed), TRACE_TTL_SECONDS)
-    await _FINISH.run(redis, queue=queue, aborts=abort_jobs_ss, ends=[*ends, *jobs, *traces, *counts])
+    ends += (len(finishes), len(traces) // 2, len(summed), len(syncs) // SYNC_KEEP_ARGS, TRACE_TTL_SECONDS)
+    reply = await _FINISH.run(redis, queue=queue, aborts=abort_jobs_ss, ends=[*ends, *jobs, *traces, *counts, *syncs])
+    kept = iter(reply)
+    return [tuple(bool(next(kept)) for _ in end.syncs) for end in finishes]
 
 
 async def claim_due(
@@ -126,7 +134,8 @@ async def claim_due(
     held: Iterable[str] = (),
 ) -> tuple[list[tuple[str, int]], int | None]:
     """Claim up to `limit` due jobs, stepping over `held` (the caller's own jobs in progress).
-    Returns [(job id, score)] and the next future score (ms)."""
+    Returns [(job id, score)] and the next future score (ms; None when there is none, or when
+    `limit` jobs were claimed: the caller has no slot left to wait for it with)."""
     reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=False)
     return [(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)], later
 

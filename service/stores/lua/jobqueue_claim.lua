@@ -4,7 +4,8 @@
 -- With start = "1", also what arq's `run_job` opens with, per job claimed: GET the job, and
 -- count the try (SET 1 NX EX on a first try, INCR + EXPIRE on a later one).
 -- Returns {id1, score1, id2, score2, ...} in queue order (with start: {id1, score1, job1 or ""
--- when its key is gone, try1, ...}), then the next future score ("" when there is none) last.
+-- when its key is gone, try1, ...}), then the next future score last ("" when there is none,
+-- or when the claim took all it wanted).
 local queue = KEYS[1]
 local now = ARGV[1]            -- ms
 local want = ARGV[2]           -- most jobs to claim
@@ -54,6 +55,11 @@ while claimed < want and offset < scan do
   end
   offset = offset + #due / 2
 end
-local later = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+-- A claim that took all it wanted leaves its caller with no free slot: a slot coming free wakes
+-- it, not the next job's due time, so that is not looked up.
+local later = {}
+if claimed < want then
+  later = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+end
 out[#out + 1] = later[2] or ''
 return out

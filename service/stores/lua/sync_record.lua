@@ -1,6 +1,6 @@
--- Keep a data type's latest sync outcome for a company (service.stores.syncs). Older news never
--- overwrites newer, and the same news twice (a duplicate, a replay under a new webhook id) is
--- kept and told once. Returns 1 when kept, 0 when not.
+-- Keep one sync outcome (lua/sync_keep.lua says how) where a job runs outside the worker's
+-- batches (service.stores.syncs); a job the worker runs has it kept with its end
+-- (lua/jobqueue_finish.lua). Returns 1 when kept, 0 when not.
 local syncs = KEYS[1]           -- the company's hash: data type -> record
 local lifecycle = KEYS[2]       -- the lifecycle stream
 local data_type = ARGV[1]
@@ -13,22 +13,6 @@ local event = ARGV[7]           -- the lifecycle event, encoded (Outbox.encoded)
 local outbox_maxlen = ARGV[8]   -- the stream's bound
 
 -- include: outbox_emit
+-- include: sync_keep
 
-local current = redis.call('HGET', syncs, data_type)
-if current then
-  -- SyncStore writes `at` and `codatEventId` first, so they are read without decoding the
-  -- record (this runs once per sync event); a record written otherwise is decoded.
-  local kept_at, kept_id = string.match(current, '^{"at":(%d+),"codatEventId":"([^"\\]*)"')
-  if not kept_at then
-    local kept = cjson.decode(current)
-    kept_at, kept_id = kept['at'], kept['codatEventId']
-    if kept_id == cjson.null then kept_id = '' end
-  end
-  if tonumber(kept_at) > tonumber(at) then return 0 end
-  if kept_id ~= nil and kept_id == codat_event_id then return 0 end
-end
-if kind ~= '' then
-  emit_encoded(lifecycle, outbox_maxlen, kind, company, event)
-end
-redis.call('HSET', syncs, data_type, record)
-return 1
+return keep_sync(syncs, data_type, at, record, codat_event_id, lifecycle, outbox_maxlen, kind, company, event)
