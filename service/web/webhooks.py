@@ -85,7 +85,7 @@ class WebhookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # No clear_contextvars(): uvicorn runs each request in a task of its own, whose
-        # context is a fresh copy, so what one delivery binds never reaches another.
+        # context is a fresh copy, so what one delivery binds (on a failure) never reaches another.
         started = time.perf_counter()
         try:
             answer = await self._handle(scope, receive)
@@ -116,23 +116,38 @@ class WebhookEndpoint:
             return self._refuse(MALFORMED, malformed.reason, webhook_id=message_id)
 
         # Every line about this delivery carries its ids; about a connection, the connection's.
-        structlog.contextvars.bind_contextvars(webhook_id=event.message_id, event_type=event.event_type, **event.ids())
+        # They are given to each line, not bound to the task's context: binding four
+        # contextvars and merging them back into the line cost as much as the rest of the line
+        # (issue 24). What leaves as an exception is bound on its way out, so that the server's
+        # line about it (a bug's traceback) carries them as well.
+        about = {"webhook_id": event.message_id, "event_type": event.event_type, **event.ids()}
+        try:
+            return await self._enqueue(event, about)
+        except BaseException:
+            structlog.contextvars.bind_contextvars(**about)
+            raise
+
+    async def _enqueue(self, event: events.Event, about: dict[str, str]) -> Answer:
         type_label = event.event_type if event.known else "unknown"
         if not event.known:
             # Accepted all the same: a 4xx makes Codat retry and finally disable the endpoint.
-            log.warning("webhook.unknown_event_type")
+            log.warning("webhook.unknown_event_type", **about)
         try:
             queued = await self._intake.enqueue_once(event)
         except Unqueueable as unqueueable:
             # Verified, read, yet not writable back (e.g. nested deeper than the serialiser
             # goes): the body is unusable as sent, so a 400 and nothing written, never a 5xx.
-            return self._refuse(MALFORMED, unqueueable.reason)
+            return self._refuse(MALFORMED, unqueueable.reason, **about)
         except (RedisError, OSError) as exc:
             # NotReplicated included: on the primary, not yet on enough replicas, so a failover
             # could still lose it. Codat's retry is a duplicate, answered 200 once replicated.
             reason = "not_replicated" if isinstance(exc, NotReplicated) else "redis"
             log.error(
-                "webhook.enqueue_failed", error=type(exc).__name__, reason=reason, retry_after=RETRY_AFTER_SECONDS
+                "webhook.enqueue_failed",
+                error=type(exc).__name__,
+                reason=reason,
+                retry_after=RETRY_AFTER_SECONDS,
+                **about,
             )
             count_delivery("unavailable", reason, type_label)
             if self._marks is not None:
@@ -142,7 +157,7 @@ class WebhookEndpoint:
         if self._marks is not None:
             self._marks.accepted(event.event_type, event.received_at_ms)
         count_delivery(outcome, "", type_label)
-        log.info(f"webhook.{outcome}")
+        log.info(f"webhook.{outcome}", **about)
         return ACCEPTED if queued else DUPLICATE
 
     def _refuse(self, answer: Answer, reason: str, **fields: object) -> Answer:
