@@ -34,6 +34,17 @@ OPS_TOKEN = "ops-test-token-5d1e9a-7c2b40f18e6d93a5"  # at least MIN_OPS_TOKEN_C
 SANDBOX_KEY = "sandbox-test-key-77ab"
 
 
+# What a web process writes by itself, whatever it is sent: its sign of life every 2 s, and the
+# last accepted delivery per family, flushed up to a second after the delivery
+# (service.stores.delivery_health). Either may land after a test's flushall.
+WEB_OWN_KEYS = frozenset({keys.WEB_ALIVE_AT, keys.LAST_ACCEPTED})
+
+
+def written(store: redis.Redis) -> list[str]:
+    """Every key in Redis but a web's own records of itself: what deliveries left."""
+    return sorted(key.decode() for key in store.keys("*") if key.decode() not in WEB_OWN_KEYS)
+
+
 def sign(
     body: bytes,
     *,
