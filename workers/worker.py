@@ -10,8 +10,11 @@ each job runs through arq's `run_job`. Three hooks are missing, so this subclass
   races. Here one script call (service.stores.jobqueue) claims up to the free slots' worth of
   due jobs, setting arq's in-progress key with arq's timeout, so workers take disjoint jobs.
   A slot is taken only for a job the script claimed, with no await between, so a Redis error
-  can never leak one. If the reply to a claim is lost, those jobs' in-progress keys expire
-  (job timeout + 10 s) and arq runs them then, as it does for a worker killed mid-job.
+  can never leak one. In-progress jobs stay in the queue until they end: the claim steps over
+  the worker's own untried, and over those it found another worker holding in the last second
+  (BUSY_MEMORY_SECONDS), which would each cost a failing SET NX. If the reply to a claim is
+  lost, those jobs' in-progress keys expire (job timeout + 10 s) and arq runs them then, as it
+  does for a worker killed mid-job.
 - **Wake on arrival.** The intake script PUBLISHes on `keys.QUEUE_WAKE` once per batch it
   queues; each worker keeps one subscribed connection and, between iterations, waits for a
   message, a slot coming free, the next deferred job's due time, or the poll delay, whichever
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import time
 from typing import Any, cast
@@ -78,6 +82,11 @@ OUTAGE_BACKOFF_MAX_SECONDS = 5.0
 # Queue entries one claim looks at, at most: enough to step over the jobs every other worker
 # holds (in-progress jobs stay in the queue until they finish), bounded so the script stays short.
 CLAIM_SCAN = 1000
+# How long a job another worker was found to hold is stepped over without being tried (its
+# in-progress key SET NX would fail): long enough that a claim a few ms later does not try it
+# again, short enough that a job that worker sent back at once (a Retry with no delay) or left
+# behind (killed: its key expires after the job timeout) is taken within about a second.
+BUSY_MEMORY_SECONDS = 1.0
 # One wait for a wake message, shorter than the pool's read timeout (workers.redis_settings).
 LISTEN_SECONDS = 1.0
 # Job ends written in one script call, at most (the call blocks Redis while it runs).
@@ -176,6 +185,8 @@ class ResilientWorker(Worker):
         self._watch: PrimaryWatch | None = None
         self._finishes: list[tuple[jobqueue.Finish, asyncio.Future[tuple[bool, ...]]]] = []
         self._finisher: asyncio.Task[None] | None = None
+        # Due jobs another worker holds, as claims found them: job id -> when (monotonic).
+        self._busy: dict[str, float] = {}
 
     @property  # type: ignore[override]
     def pool(self) -> ArqRedis:
@@ -225,6 +236,9 @@ class ResilientWorker(Worker):
         if self.burst and self.max_burst_jobs >= 0:
             free = min(free, self.max_burst_jobs - self._jobs_started())
         if self.allow_pick_jobs and free > 0:
+            now = time.monotonic()
+            if self._busy:
+                self._busy = {job_id: at for job_id, at in self._busy.items() if now - at < BUSY_MEMORY_SECONDS}
             args = (
                 self.pool,
                 timestamp_ms(),
@@ -232,15 +246,17 @@ class ResilientWorker(Worker):
                 int(self.in_progress_timeout_s * 1000),
                 CLAIM_SCAN,
                 self.queue_name,
-                self.tasks,  # its own jobs in progress: stepped over, not tried
+                # in progress, here or elsewhere as far as it knows: stepped over, not tried
+                itertools.chain(self.tasks, self._busy),
             )
             started: list[jobqueue.Claimed | tuple[str, int]]
             if self.allow_abort_jobs:  # arq's run_job then reads the abort set itself
-                due, self._next_due_ms = await jobqueue.claim_due(*args)
-                started = list(due)
+                due = await jobqueue.claim_due(*args)
+                started, self._next_due_ms, busy = list(due.jobs), due.next_due_ms, due.busy
             else:
-                claimed, self._next_due_ms = await jobqueue.claim_and_start(*args)
-                started = list(claimed)
+                claimed = await jobqueue.claim_and_start(*args)
+                started, self._next_due_ms, busy = list(claimed.jobs), claimed.next_due_ms, claimed.busy
+            self._busy.update(dict.fromkeys(busy, now))
             self._saturated = len(started) == free
             for job in started:
                 await self.sem.acquire()  # never waits: a slot is free (job_counter < max_jobs)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
@@ -42,6 +42,8 @@ from service.stores.syncs import SYNC_KEEP_ARGS, Keep
 
 # arq's retry counter lives this long after a try (arq.worker.run_job's 88400 s)
 RETRY_TTL_SECONDS = 88400
+
+J = TypeVar("J")
 
 # The two scripts (lua/jobqueue_claim.lua, lua/jobqueue_finish.lua), for whichever client the
 # caller holds (the worker's pool, a test's client).
@@ -58,6 +60,17 @@ class Claimed:
     score: int
     job: bytes | None
     job_try: int
+
+
+class Claim(NamedTuple, Generic[J]):
+    """What one claim took, in queue order; the next future score (ms; None when there is none,
+    or when as many jobs as asked for were taken: the caller has no slot left to wait for it
+    with); and the due jobs it found held by another worker (each cost a failing SET NX: the
+    caller steps over them in its next claims, for a while)."""
+
+    jobs: list[J]
+    next_due_ms: int | None
+    busy: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +97,14 @@ async def claim_and_start(
     scan: int,
     queue: str = QUEUE_NAME,
     held: Iterable[str] = (),
-) -> tuple[list[Claimed], int | None]:
+) -> Claim[Claimed]:
     """`claim_due`, and start each job claimed as arq's `run_job` would (its job, its try)."""
-    reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=True)
+    reply, later, busy = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=True)
     claimed = [
         Claimed(text(reply[i]), int(float(reply[i + 1])), reply[i + 2] or None, int(reply[i + 3]))
         for i in range(0, len(reply), 4)
     ]
-    return claimed, later
+    return Claim(claimed, later, busy)
 
 
 async def finish_batch(redis: Redis, finishes: list[Finish], queue: str = QUEUE_NAME) -> list[tuple[bool, ...]]:
@@ -132,12 +145,11 @@ async def claim_due(
     scan: int,
     queue: str = QUEUE_NAME,
     held: Iterable[str] = (),
-) -> tuple[list[tuple[str, int]], int | None]:
-    """Claim up to `limit` due jobs, stepping over `held` (the caller's own jobs in progress).
-    Returns [(job id, score)] and the next future score (ms; None when there is none, or when
-    `limit` jobs were claimed: the caller has no slot left to wait for it with)."""
-    reply, later = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=False)
-    return [(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)], later
+) -> Claim[tuple[str, int]]:
+    """Claim up to `limit` due jobs, stepping over `held` (jobs the caller knows are in progress:
+    its own, and another worker's it was told of). The jobs are (job id, score)."""
+    reply, later, busy = await _claim(redis, now_ms, limit, in_progress_ms, scan, queue, held, start=False)
+    return Claim([(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)], later, busy)
 
 
 async def _claim(
@@ -150,7 +162,7 @@ async def _claim(
     held: Iterable[str],
     *,
     start: bool,
-) -> tuple[list[Any], int | None]:
+) -> tuple[list[Any], int | None, list[str]]:
     reply: list[Any] = await _CLAIM.raw(
         redis,
         queue=queue,
@@ -165,5 +177,7 @@ async def _claim(
         retry_ttl=RETRY_TTL_SECONDS,
         held="".join(f"{job_id}\0" for job_id in held),
     )
-    later = reply.pop()
-    return reply, int(float(later)) if later else None
+    later, found = reply.pop(), int(reply.pop())
+    busy = [text(job_id) for job_id in reply[len(reply) - found :]]
+    del reply[len(reply) - found :]
+    return reply, int(float(later)) if later else None, busy

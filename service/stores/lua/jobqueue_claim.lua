@@ -4,8 +4,9 @@
 -- With start = "1", also what arq's `run_job` opens with, per job claimed: GET the job, and
 -- count the try (SET 1 NX EX on a first try, INCR + EXPIRE on a later one).
 -- Returns {id1, score1, id2, score2, ...} in queue order (with start: {id1, score1, job1 or ""
--- when its key is gone, try1, ...}), then the next future score last ("" when there is none,
--- or when the claim took all it wanted).
+-- when its key is gone, try1, ...}), then the due jobs it found held by another worker (their
+-- ids, then how many), then the next future score last ("" when there is none, or when the
+-- claim took all it wanted).
 local queue = KEYS[1]
 local now = ARGV[1]            -- ms
 local want = ARGV[2]           -- most jobs to claim
@@ -16,11 +17,13 @@ local start = ARGV[6]          -- "1": start the jobs too
 local job_prefix = ARGV[7]     -- arq's job key prefix
 local retry_prefix = ARGV[8]   -- arq's retry counter prefix
 local retry_ttl = ARGV[9]      -- the retry counter's (s)
-local held = ARGV[10]          -- the ids the calling worker runs now, each followed by a NUL
+local held = ARGV[10]          -- ids to step over, each followed by a NUL: the jobs the calling
+                               -- worker runs now, and those it found held by another lately
 
--- Jobs in progress stay in the queue until they end: the caller's own are stepped over here,
--- without a SET NX that would fail (with 50 jobs in flight, most of a claim's commands were
--- those: bench/README.md). Another worker's still cost a failing SET each.
+-- Jobs in progress stay in the queue until they end: those the caller knows to be held are
+-- stepped over here, without a SET NX that would fail (with 50 jobs in flight, most of a
+-- claim's commands were those: bench/README.md). Another worker's it did not know of cost a
+-- failing SET each, once: they are returned, for the caller to step over for a while.
 local skip, skipping = {}, 0
 for id in string.gmatch(held, '([^%z]+)%z') do
   skip[id] = true
@@ -28,7 +31,7 @@ for id in string.gmatch(held, '([^%z]+)%z') do
 end
 
 want, scan, start = tonumber(want), tonumber(scan), start == '1'
-local out, claimed, offset = {}, 0, 0
+local out, busy, claimed, offset = {}, {}, 0, 0
 while claimed < want and offset < scan do
   -- The caller's own jobs are the oldest due, mostly: a first page of them and the wanted ones
   -- is often all a claim reads (a page costs the server by its size).
@@ -36,7 +39,11 @@ while claimed < want and offset < scan do
                          math.min(100, want + skipping))
   if #due == 0 then break end
   for i = 1, #due, 2 do
-    if not skip[due[i]] and redis.call('SET', prefix .. due[i], '1', 'NX', 'PX', ttl) then
+    if skip[due[i]] then
+      -- held, as the caller knows
+    elseif not redis.call('SET', prefix .. due[i], '1', 'NX', 'PX', ttl) then
+      busy[#busy + 1] = due[i]
+    else
       out[#out + 1] = due[i]
       out[#out + 1] = due[i + 1]
       if start then
@@ -61,5 +68,7 @@ local later = {}
 if claimed < want then
   later = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 end
+for _, id in ipairs(busy) do out[#out + 1] = id end
+out[#out + 1] = #busy
 out[#out + 1] = later[2] or ''
 return out
