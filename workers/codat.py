@@ -1,9 +1,14 @@
 """The Codat API, as far as the workers call it.
 
-httpx, not the official `codat-platform` SDK. The SDK is async and takes a server URL, but it
+aiohttp, not the official `codat-platform` SDK. The SDK is async and takes a server URL, but it
 retries by sleeping inside the call (holding a worker slot, where a 429 must defer the job), its
 errors do not carry Retry-After in a form a job can act on, and it brings a pydantic model layer
-for four endpoints. Here every failure is sorted into one of three kinds the job policy acts on:
+for four endpoints. Nor httpx (which the command-line tool uses): its pool looks at every pooled
+connection, a poll of its socket each, on every request, and a call cost ~0.8-1.3 ms of CPU
+against aiohttp's ~0.08-0.15 (bench/README.md, issue 24: a first link's call was a third of the
+worker's CPU). The trust store is certifi's and the proxy variables (HTTPS_PROXY, NO_PROXY) are
+honoured, as with httpx (read once: `env_proxy`). Here every failure is sorted into one of three kinds the job policy
+acts on:
 
 - RateLimited: 429. Defer the job by Retry-After.
 - Unavailable: 5xx, timeout, connection error. Retry with backoff. The request may have been
@@ -27,13 +32,21 @@ from __future__ import annotations
 
 import base64
 import random
+import ssl
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
-import httpx
+import aiohttp
+import certifi
+import orjson
+from multidict import CIMultiDictProxy
 
 from service.stores.slots import CompanySlots
 from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS, CODAT_QUOTA
@@ -89,6 +102,22 @@ class _AlreadyInProgress(CodatError):
     """Raised inside this module only: the queue calls turn it into "in_progress"."""
 
 
+@dataclass(frozen=True)
+class Response:
+    """A Codat answer, read whole (Codat's answers here are small JSON documents)."""
+
+    status_code: int
+    headers: CIMultiDictProxy[str]  # names case-insensitive, as HTTP has them
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @cached_property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
 class CodatClient:
     def __init__(
         self,
@@ -99,18 +128,34 @@ class CodatClient:
         slots: CompanySlots | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={"Authorization": basic_auth(api_key), "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=3.0),
-        )
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": basic_auth(api_key), "Accept": "application/json"}
+        # A whole call (connect, send, answer read) within `timeout`; connecting within 3 s.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=3.0)
+        self._http: aiohttp.ClientSession | None = None  # made on the first call, in its loop
+        self._proxy: str | None = None
         # Run before every call that takes no company slot (the slot's script reads the pause):
         # the rate-limit pause raises from here (workers.rate_limit).
         self._before_call = before_call
         self._slots = slots
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            # Not aiohttp's trust_env: it looks for a proxy and a .netrc in a thread of its own
+            # on every call (~0.4 ms of CPU a call here); every call goes to the one Codat host,
+            # so the environment's proxy for it is read once, here.
+            self._proxy = env_proxy(self._base_url)
+            self._http = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=certifi.where())),
+                raise_for_status=False,
+            )
+        return self._http
 
     async def get_connection(self, company_id: str, connection_id: str) -> dict[str, Any] | None:
         """The connection as Codat has it now; None if Codat no longer knows it (deleted)."""
@@ -200,7 +245,7 @@ class CodatClient:
         params: dict[str, Any] | None = None,
         company_id: str | None = None,
         slot_held: bool = False,
-    ) -> httpx.Response:
+    ) -> Response:
         token = ""  # the slot this call takes, and gives back after it
         if slot_held:
             pass
@@ -232,15 +277,17 @@ class CodatClient:
             raise _AlreadyInProgress(detail, status)
         raise Rejected(detail, status)
 
-    async def _request(self, operation: str, method: str, path: str, params: dict[str, Any] | None) -> httpx.Response:
+    async def _request(self, operation: str, method: str, path: str, params: dict[str, Any] | None) -> Response:
         started = time.perf_counter()
         where = f"{method} {path}"
         try:
-            response = await self._http.request(method, path, params=params)
-        except httpx.TimeoutException as exc:
+            session = self._session()
+            async with session.request(method, self._base_url + path, params=params, proxy=self._proxy) as answer:
+                response = Response(answer.status, answer.headers, await answer.read())
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             CODAT_CALLS.labels(operation, "timeout").inc()
             raise Unavailable(f"{where}: timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:  # connecting, a connection dropped, an answer cut short
             CODAT_CALLS.labels(operation, "connection_error").inc()
             raise Unavailable(f"{where}: {type(exc).__name__}") from exc
         finally:
@@ -249,7 +296,17 @@ class CodatClient:
         return response
 
 
-def _record_quota(headers: httpx.Headers) -> None:
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url`: HTTPS_PROXY / HTTP_PROXY (or ALL_PROXY) unless
+    NO_PROXY covers its host, as httpx and curl read them."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    found = urllib.request.getproxies()
+    return found.get(parts.scheme) or found.get("all")
+
+
+def _record_quota(headers: CIMultiDictProxy[str]) -> None:
     """X-Rate-Limit-Limit / -Remaining / -Reset (https://docs.codat.io/using-the-api/rate-limits,
     "Rate limit headers"): the client's daily quota as Codat counts it."""
     for name, label in (("x-rate-limit-limit", "limit"), ("x-rate-limit-remaining", "remaining")):
