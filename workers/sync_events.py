@@ -88,9 +88,11 @@ async def handle(syncs: SyncStore, event: Event, ending: Ending | None = None) -
     return "recorded"
 
 
-def _told(data_type: str, status: str, connection_id: Any, kept: bool) -> None:
+def _told(data_type: str, status: str, connection_id: Any, kept: bool | None) -> None:
+    """`kept` None: not known (the job's end may not have been written): `stale` null."""
     SYNC_OUTCOMES.labels(data_type, status).inc()
-    fields = {"data_type": data_type, "status": status, "connection_id": connection_id, "stale": not kept}
+    stale = None if kept is None else not kept
+    fields = {"data_type": data_type, "status": status, "connection_id": connection_id, "stale": stale}
     if status in ERROR_STATUSES:
         log.error("sync.failed", **fields)
     else:

@@ -150,7 +150,7 @@ def _not_per_job_lines(record: logging.LogRecord) -> bool:
 
 logging.getLogger("arq.worker").addFilter(_not_per_job_lines)
 # The standard library looks up the caller's file and line for every record it makes (arq's,
-# httpx's); no line of ours renders them (service.core.logs), so skip the stack walk. This is
+# aiohttp's); no line of ours renders them (service.core.logs), so skip the stack walk. This is
 # the knob the logging documentation gives for it ("Optimization").
 logging._srcfile = None
 
@@ -183,7 +183,7 @@ class ResilientWorker(Worker):
         # The last claim filled every free slot: more may be due, so a slot coming free wakes.
         self._saturated = False
         self._watch: PrimaryWatch | None = None
-        self._finishes: list[tuple[jobqueue.Finish, asyncio.Future[tuple[bool, ...]]]] = []
+        self._finishes: list[tuple[jobqueue.Finish, asyncio.Future[tuple[bool | None, ...]]]] = []
         self._finisher: asyncio.Task[None] | None = None
         # Due jobs another worker holds, as claims found them: job id -> when (monotonic).
         self._busy: dict[str, float] = {}
@@ -303,11 +303,19 @@ class ResilientWorker(Worker):
         ending = ENDING.get() or Ending()  # what the job left to write with its end, if it ran here
         syncs = tuple(keep for keep, _ in ending.syncs)
         end = jobqueue.Finish(job_id, finish, result_data or None, ttl, incr_score, ending.trace, ending.counts, syncs)
-        written: asyncio.Future[tuple[bool, ...]] = self.loop.create_future()
+        written: asyncio.Future[tuple[bool | None, ...]] = self.loop.create_future()
         self._finishes.append((end, written))
         if self._finisher is None or self._finisher.done():
             self._finisher = self.loop.create_task(self._finish_batches(), context=contextvars.Context())
-        ending.written(await written)
+        try:
+            kept = await written
+        except BaseException:
+            # Written or not, nobody knows (a lost reply, a timeout): the outcomes are told all
+            # the same, unknown whether kept, so that an alert on sync.failed still fires; a
+            # rerun may tell them again.
+            ending.unknown()
+            raise
+        ending.written(kept)
 
     async def _finish_batches(self) -> None:
         while self._finishes:
@@ -320,9 +328,13 @@ class ResilientWorker(Worker):
                     if not written.done():
                         written.set_exception(exc)
             else:
-                for (_, written), its_kept in zip(batch, kept, strict=True):
-                    if not written.done():
-                        written.set_result(its_kept)
+                for (_, written), its_end in zip(batch, kept, strict=True):
+                    if written.done():
+                        continue
+                    if isinstance(its_end, Exception):  # only this end could not be written
+                        written.set_exception(its_end)
+                    else:
+                        written.set_result(its_end)
 
     def _job_done(self, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()

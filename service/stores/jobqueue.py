@@ -34,6 +34,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from arq.constants import abort_jobs_ss, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from service.stores.activity import Count
 from service.stores.keys import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, QUEUE_NAME, TRACE_TTL_SECONDS
@@ -107,10 +108,34 @@ async def claim_and_start(
     return Claim(claimed, later, busy)
 
 
-async def finish_batch(redis: Redis, finishes: list[Finish], queue: str = QUEUE_NAME) -> list[tuple[bool, ...]]:
+async def finish_batch(
+    redis: Redis, finishes: list[Finish], queue: str = QUEUE_NAME
+) -> list[tuple[bool | None, ...] | ResponseError]:
     """arq's `finish_job` for every job of `finishes`, with their sync outcomes, traces and counts
     (the counts summed over the batch), in one script call. Returns, per finish, whether each of
-    its sync outcomes was kept (SyncStore.record's answer)."""
+    its sync outcomes was kept (SyncStore.record's answer), or the error the script met writing
+    it. One end the script cannot write (its company's sync hash holding another type, say)
+    would fail the call for all: each end is then written in a call of its own, and only that
+    job's end fails. The failed call may have kept some outcomes already (a keep is never undone,
+    and never done twice), so whether the others were kept is not known then: None. A
+    connection error raises, for all."""
+    try:
+        return list(await _finish(redis, finishes, queue))
+    except ResponseError as error:
+        if len(finishes) == 1:
+            return [error]
+    results: list[tuple[bool | None, ...] | ResponseError] = []
+    for end in finishes:
+        try:
+            await _finish(redis, [end], queue)
+        except ResponseError as own:
+            results.append(own)
+        else:
+            results.append(tuple(None for _ in end.syncs))
+    return results
+
+
+async def _finish(redis: Redis, finishes: list[Finish], queue: str) -> list[tuple[bool, ...]]:
     jobs: list[Any] = []
     traces: list[Any] = []
     syncs: list[Any] = []

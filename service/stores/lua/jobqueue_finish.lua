@@ -24,8 +24,9 @@ local in_progress, retry, job, result = ends[1], ends[2], ends[3], ends[4]
 local jobs, traces, counts, syncs = tonumber(ends[5]), tonumber(ends[6]), tonumber(ends[7]), tonumber(ends[8])
 local trace_ttl = ends[9]
 local gone, finished, kept = {}, {}, {}
--- The sync outcomes first: what they write is kept once whatever happens (a rerun of the batch
--- keeps nothing twice), so an error in the script leaves no other effect half done.
+-- The sync outcomes first: what they write is kept once whatever happens (a rerun keeps nothing
+-- twice), so an error in one of them has ended no job yet (the keeps before it stay written;
+-- jobqueue.finish_batch then writes each end alone).
 local at = 10 + 5 * jobs + 2 * traces + 4 * counts
 for i = 1, syncs do
   kept[i] = keep_sync(unpack(ends, at, at + 9))
