@@ -18,8 +18,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 import orjson
 import pytest
@@ -52,7 +54,7 @@ from tests.support import (
     worker_env,
 )
 from workers import handlers, reconcile
-from workers.codat import CodatClient, Unavailable, env_proxy
+from workers.codat import CodatClient, Rejected, Unavailable, env_proxy, trust
 from workers.deps import Deps
 from workers.initial_sync import check_initial_pulls
 from workers.jobs import process_event
@@ -365,6 +367,8 @@ async def test_the_codat_client_goes_through_the_proxy_the_environment_names(mon
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     assert env_proxy("https://api.codat.io") == "http://127.0.0.1:3128"
     assert env_proxy("http://127.0.0.1:8080") is None  # HTTP_PROXY names none for plain http
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")  # no scheme: http://, as httpx took it
+    assert env_proxy("https://api.codat.io") == "http://proxy.corp:3128"
     monkeypatch.setenv("NO_PROXY", "codat.io")
     assert env_proxy("https://api.codat.io") is None
 
@@ -386,3 +390,36 @@ async def test_the_codat_client_goes_through_the_proxy_the_environment_names(mon
         await codat.aclose()
         await server.close()
     assert asked == ["codat.invalid /companies"]
+
+
+async def test_the_codat_client_follows_no_redirect_and_trusts_what_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As httpx did: a redirect is not followed (with the API key, to wherever it points); and a
+    3xx is no success (nothing was queued). SSL_CERT_FILE names the CAs to trust (a
+    TLS-inspecting proxy's), as httpx read it."""
+    asked: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        asked.append(f"{request.method} {request.path}")
+        raise web.HTTPFound("/elsewhere")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", moved)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    codat = CodatClient(str(server.make_url("")), SANDBOX_KEY, timeout=5)
+    try:
+        with pytest.raises(Rejected) as raised:  # nothing was queued: a dead letter, replayable
+            await codat.refresh_all("co")
+    finally:
+        await codat.aclose()
+        await server.close()
+    assert asked == ["POST /companies/co/data/all"] and raised.value.status == 302
+
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+    with pytest.raises(FileNotFoundError):
+        trust()  # read, not ignored
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert trust().cert_store_stats()["x509_ca"] > 100

@@ -3,18 +3,19 @@
 aiohttp, not the official `codat-platform` SDK. The SDK is async and takes a server URL, but it
 retries by sleeping inside the call (holding a worker slot, where a 429 must defer the job), its
 errors do not carry Retry-After in a form a job can act on, and it brings a pydantic model layer
-for four endpoints. Nor httpx (which the command-line tool uses): its pool looks at every pooled
-connection, a poll of its socket each, on every request, and a call cost ~0.8-1.3 ms of CPU
-against aiohttp's ~0.08-0.15 (bench/README.md, issue 24: a first link's call was a third of the
-worker's CPU). The trust store is certifi's and the proxy variables (HTTPS_PROXY, NO_PROXY) are
-honoured, as with httpx (read once: `env_proxy`). Here every failure is sorted into one of three kinds the job policy
-acts on:
+for four endpoints. Nor httpx (which the command-line tool uses): its pool polls every pooled
+connection's socket on every request, and a call cost the worker several times aiohttp's CPU
+(docs/maintainer/decisions.md has the figures). What httpx read from the environment is read
+here too: the proxy variables (HTTPS_PROXY, NO_PROXY: `env_proxy`, once) and SSL_CERT_FILE /
+SSL_CERT_DIR (`trust`; certifi's bundle otherwise). Redirects are not followed, as with httpx.
+Here every failure is sorted into one of three kinds the job policy acts on:
 
 - RateLimited: 429. Defer the job by Retry-After.
 - Unavailable: 5xx, timeout, connection error. Retry with backoff. The request may have been
   carried out (a timeout after sending, a 504 from a gateway), so a caller that must not repeat
   it treats the outcome as in doubt.
-- Rejected: any other 4xx. Permanent: no retries.
+- Rejected: any other 4xx, or a 3xx (Codat's API does not redirect: not followed, nothing was
+  done). Permanent: no retries.
 
 Two answers are not failures. DatasetAlreadyInProgressException (400 or 409; Codat documents the
 text, not the status: https://docs.codat.io/using-the-api/queueing-data-syncs) means the data type
@@ -30,14 +31,16 @@ daily quota is seen running out.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
 import random
 import ssl
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -46,7 +49,6 @@ from typing import Any
 import aiohttp
 import certifi
 import orjson
-from multidict import CIMultiDictProxy
 
 from service.stores.slots import CompanySlots
 from workers.metrics import CODAT_CALL_SECONDS, CODAT_CALLS, CODAT_QUOTA
@@ -107,7 +109,7 @@ class Response:
     """A Codat answer, read whole (Codat's answers here are small JSON documents)."""
 
     status_code: int
-    headers: CIMultiDictProxy[str]  # names case-insensitive, as HTTP has them
+    headers: Mapping[str, str]  # aiohttp's: names case-insensitive, as HTTP has them
     body: bytes
 
     def json(self) -> Any:
@@ -133,6 +135,7 @@ class CodatClient:
         # A whole call (connect, send, answer read) within `timeout`; connecting within 3 s.
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=3.0)
         self._http: aiohttp.ClientSession | None = None  # made on the first call, in its loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._proxy: str | None = None
         # Run before every call that takes no company slot (the slot's script reads the pause):
         # the rate-limit pause raises from here (workers.rate_limit).
@@ -144,7 +147,10 @@ class CodatClient:
             await self._http.close()
 
     def _session(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
+        # A session serves the event loop it was made in (a test may call from another one).
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http.closed or self._loop is not loop:
+            self._loop = loop
             # Not aiohttp's trust_env: it looks for a proxy and a .netrc in a thread of its own
             # on every call (~0.4 ms of CPU a call here); every call goes to the one Codat host,
             # so the environment's proxy for it is read once, here.
@@ -152,7 +158,7 @@ class CodatClient:
             self._http = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=certifi.where())),
+                connector=aiohttp.TCPConnector(ssl=trust()),
                 raise_for_status=False,
             )
         return self._http
@@ -265,7 +271,7 @@ class CodatClient:
                 await self._slots.give_back(company_id, token)
         _record_quota(response.headers)
         status = response.status_code
-        if status < 400:
+        if status < 300:
             return response
         where = f"{method} {path}"
         detail = f"{where}: HTTP {status} {response.text[:200]}"
@@ -282,7 +288,8 @@ class CodatClient:
         where = f"{method} {path}"
         try:
             session = self._session()
-            async with session.request(method, self._base_url + path, params=params, proxy=self._proxy) as answer:
+            url = self._base_url + path
+            async with session.request(method, url, params=params, proxy=self._proxy, allow_redirects=False) as answer:
                 response = Response(answer.status, answer.headers, await answer.read())
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             CODAT_CALLS.labels(operation, "timeout").inc()
@@ -298,15 +305,26 @@ class CodatClient:
 
 def env_proxy(url: str) -> str | None:
     """The proxy the environment names for `url`: HTTPS_PROXY / HTTP_PROXY (or ALL_PROXY) unless
-    NO_PROXY covers its host, as httpx and curl read them."""
+    NO_PROXY covers its host, as httpx and curl read them; one given without a scheme
+    (`proxy.corp:3128`) is an http:// one, as httpx took it."""
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
         return None
     found = urllib.request.getproxies()
-    return found.get(parts.scheme) or found.get("all")
+    proxy = found.get(parts.scheme) or found.get("all")
+    return proxy if not proxy or "://" in proxy else f"http://{proxy}"
 
 
-def _record_quota(headers: CIMultiDictProxy[str]) -> None:
+def trust() -> ssl.SSLContext:
+    """The CAs a Codat call trusts: SSL_CERT_FILE / SSL_CERT_DIR when set (a TLS-inspecting proxy's
+    own CA, say), as httpx read them; certifi's bundle otherwise, as httpx had it."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _record_quota(headers: Mapping[str, str]) -> None:
     """X-Rate-Limit-Limit / -Remaining / -Reset (https://docs.codat.io/using-the-api/rate-limits,
     "Rate limit headers"): the client's daily quota as Codat counts it."""
     for name, label in (("x-rate-limit-limit", "limit"), ("x-rate-limit-remaining", "remaining")):

@@ -5,7 +5,7 @@ Codat API does not cooperate:
 - 429: deferred by Retry-After
 - 5xx, timeout, connection error: retried with exponential backoff and jitter
 - Redis unreachable mid-job: retried with backoff too (never a dead letter)
-- any other 4xx, or out of tries: a dead letter, replayable
+- any other 4xx (or a 3xx, never followed), or out of tries: a dead letter, replayable
 - a bug (any other exception): a dead letter too, never a lost event
 
 Deferring is arq's Retry: the job goes back on the queue with a later score, so no worker slot
