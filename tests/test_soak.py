@@ -39,7 +39,11 @@ def test_plan_has_every_kind_of_bad_delivery() -> None:
     assert any(t.must_sync for t in truths) and any(t.final_status == "Linked" and not t.must_sync for t in truths)
 
 
-@pytest.mark.timeout(300)
+# Usually drained in under a minute. A job whose tries keep drawing faults (each try makes a few
+# Codat calls, 20% of them faulted) backs off exponentially from 1 s, 429s and reruns counted:
+# at its 9th try it waits up to 256 s more. Seen once in ~10 runs past a 300 s budget; the
+# budget is what such a tail needs, not what a run takes.
+@pytest.mark.timeout(720)
 def test_small_chaos_soak_is_clean(tmp_path: Path) -> None:
-    result = run_soak(SoakConfig(connections=200, seed=1, work_dir=tmp_path / "soak"))
+    result = run_soak(SoakConfig(connections=200, seed=1, work_dir=tmp_path / "soak", drain_timeout=600))
     assert result.clean, f"{details(result)}\n{table([result])}"

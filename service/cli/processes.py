@@ -73,11 +73,16 @@ def _settings(require_secrets: bool) -> Settings:
         raise SystemExit(refuse(str(exc))) from None
 
 
-def _require_redis(settings: Settings, wait_seconds: float = 5.0) -> None:
+def _require_redis(settings: Settings, wait_seconds: float = 10.0, loading_seconds: float = 300.0) -> None:
     """Before a process starts: REDIS_URL is usable and Redis answers. Otherwise one line naming
     where it was looked for (never the password), and exit 2. Waits a little, so that a Redis
-    started alongside (compose, a pod's sidecar) is not refused for being a second late."""
+    started alongside (compose, a pod's sidecar) or restarting (its process replaced: seconds) is
+    not refused for being late; and while Redis answers that it is loading its data (LOADING:
+    it is up, reading its append-only file, which takes as long as the file is big), as long as
+    that lasts, up to `loading_seconds`."""
     import time
+
+    from redis.exceptions import BusyLoadingError
 
     try:
         target = redisurl.parse(settings.redis_url)
@@ -85,7 +90,8 @@ def _require_redis(settings: Settings, wait_seconds: float = 5.0) -> None:
         raise SystemExit(refuse(str(exc))) from None
     from service.status import redis_trouble
 
-    deadline = time.monotonic() + wait_seconds
+    started = time.monotonic()
+    deadline = started + wait_seconds
     while True:
         error = _ping(settings.redis_url)
         if error is None:
@@ -93,6 +99,8 @@ def _require_redis(settings: Settings, wait_seconds: float = 5.0) -> None:
         what, todo, setting = redis_trouble(error)
         if setting:  # waiting does not mend a wrong password or port
             raise SystemExit(refuse(f"Redis at {target.where()} {what}: {todo}"))
+        if isinstance(error, BusyLoadingError):
+            deadline = max(deadline, min(started + loading_seconds, time.monotonic() + wait_seconds))
         if time.monotonic() >= deadline:
             raise SystemExit(refuse(f"Redis at {target.where()} {what}: start it, or fix REDIS_URL"))
         time.sleep(0.5)
