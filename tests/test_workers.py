@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -172,10 +173,17 @@ def test_two_workers_many_connections_every_event_twice(
     for company, connection in pairs:
         sandbox.seed(company, connection, "Linked")
     workers.start(2)
-    for company, connection in pairs:
-        body = connection_event("connection.connected", company, connection)
-        for _ in range(2):  # every event delivered twice, under two ids: two racing jobs each
-            assert deliver(client, body).status_code == 202
+
+    def send(pair: tuple[str, str]) -> None:
+        body = connection_event("connection.connected", pair[0], pair[1])
+        with httpx.Client(base_url=client.base_url, timeout=10) as own:
+            for _ in range(2):  # every event delivered twice, under two ids: two racing jobs each
+                assert deliver(own, body).status_code == 202
+
+    # A burst, as Codat sends them: one by one, each job would be done before the next arrived,
+    # by whichever worker the wake reached first.
+    with ThreadPoolExecutor(16) as senders:
+        list(senders.map(send, pairs))
     wait_until(lambda: all(sync_requested(client, c) for _, c in pairs), timeout=90, what="all syncs")
     wait_until(lambda: idle(store), what="queue drained")
     calls = sandbox.calls(path_end="/data/all")

@@ -2,9 +2,9 @@
 statuses logged at error level under one event name (`sync.failed`) for alerting.
 
 A job the worker runs hands its outcomes to the worker, which keeps them in the same script call
-as the job's end (workers.job.Ending): no round trip of their own, and an outcome is kept exactly
-when its job ends. The lines are logged once that call has answered, so they come after the
-job's `event.processed` line."""
+that ends the job or sends it back (workers.job.Ending): no round trip of their own. The lines
+are logged once that call has answered, so they come after the job's `event.processed` line;
+if it failed or its answer was lost, they are logged all the same, `stale` null."""
 
 from __future__ import annotations
 
