@@ -423,3 +423,13 @@ async def test_the_codat_client_follows_no_redirect_and_trusts_what_the_environm
         trust()  # read, not ignored
     monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
     assert trust().cert_store_stats()["x509_ca"] > 100
+
+
+def test_a_codat_client_serves_each_event_loop_it_is_called_from(sandbox: SandboxControl) -> None:
+    """Its aiohttp session belongs to the loop it was made in: a call from another loop (a test's
+    own, the command-line tool's second asyncio.run) gets a session of its own, not a dead one."""
+    codat = CodatClient(sandbox.url, SANDBOX_KEY, timeout=5)
+    company, _ = linked_connection(sandbox)
+    for _ in range(2):  # two loops, one after the other, the first never closed by aclose()
+        assert asyncio.run(codat.get_company(company))["id"] == company
+    asyncio.run(codat.aclose())

@@ -1,8 +1,9 @@
 """A process about to start waits for a Redis that answers it is loading its data (restarted,
 reading its append-only file: it is up, and will answer), and refuses one that never answers
 (service.cli.processes._require_redis). The loading Redis is a loopback server speaking RESP
-that answers PING with Redis's own LOADING error a given number of times: a real one loads too
-fast to catch at it."""
+that answers PING with Redis's own LOADING error a given number of times, as Redis documents
+PING during loading (https://redis.io/docs/latest/develop/reference/errors/common/loading/): a
+real one loads this suite's data too fast to catch at it."""
 
 from __future__ import annotations
 

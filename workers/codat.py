@@ -14,8 +14,9 @@ Here every failure is sorted into one of three kinds the job policy acts on:
 - Unavailable: 5xx, timeout, connection error. Retry with backoff. The request may have been
   carried out (a timeout after sending, a 504 from a gateway), so a caller that must not repeat
   it treats the outcome as in doubt.
-- Rejected: any other 4xx, or a 3xx (Codat's API does not redirect: not followed, nothing was
-  done). Permanent: no retries.
+- Rejected: any other 4xx, or a 3xx (no operation answers one: Codat's OpenAPI document,
+  Codat-Platform.json, lists 2xx, 4xx and 5xx answers only; not followed, nothing was done).
+  Permanent: no retries.
 
 Two answers are not failures. DatasetAlreadyInProgressException (400 or 409; Codat documents the
 text, not the status: https://docs.codat.io/using-the-api/queueing-data-syncs) means the data type

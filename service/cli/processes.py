@@ -77,9 +77,11 @@ def _require_redis(settings: Settings, wait_seconds: float = 10.0, loading_secon
     """Before a process starts: REDIS_URL is usable and Redis answers. Otherwise one line naming
     where it was looked for (never the password), and exit 2. Waits a little, so that a Redis
     started alongside (compose, a pod's sidecar) or restarting (its process replaced: seconds) is
-    not refused for being late; and while Redis answers that it is loading its data (LOADING:
-    it is up, reading its append-only file, which takes as long as the file is big), as long as
-    that lasts, up to `loading_seconds`."""
+    not refused for being late; and while Redis answers that it is loading its data, as long as
+    that lasts, up to `loading_seconds`. "Most commands, including PING, return this error while
+    Redis is loading [...] Wait for loading to finish, and then send the command again. The bigger
+    your dataset is, the longer loading takes" (https://redis.io/docs/latest/develop/reference/
+    errors/common/loading/): a restarted Redis reading its append-only file answers so."""
     import time
 
     from redis.exceptions import BusyLoadingError
