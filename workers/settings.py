@@ -82,7 +82,7 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = clear_job_context
-    # The web process writes a delivery's job as deflated JSON, the rest of the service as JSON
+    # The web process writes a delivery's job as compressed JSON, the rest of the service as JSON
     # (service.stores.keys); results and retries are written as JSON.
     job_serializer = orjson.dumps
     job_deserializer = staticmethod(deserialize_job)

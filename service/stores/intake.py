@@ -3,10 +3,11 @@
 arq's `enqueue_job` spends three round trips (WATCH, EXISTS, MULTI/EXEC) and cannot remember a
 message id beyond the life of its job. A Lua script does the dedup and the enqueue atomically
 instead, writing the job exactly as arq stores it (the job key and the queue's sorted set), so
-the stock arq worker runs it. A delivery's job is arq's layout in JSON (orjson), deflated with
-a preset dictionary (keys.serialize_event_job: 0.8 KB of Redis a queued delivery, not 1.6):
+the stock arq worker runs it. A delivery's job is arq's layout in JSON (orjson), compressed
+with a preset dictionary (keys.serialize_event_job: 0.8 KB of Redis a queued delivery, not 1.6):
 the workers read it, or a plain JSON job, with keys.deserialize_job (WorkerSettings'
-`job_deserializer`). Workers go out before webs when upgrading: an older worker reads JSON only.
+`job_deserializer`). Workers go out before webs when upgrading: an older worker cannot read the
+newer format (docs/operator/deploy.md, "Upgrading").
 
 Deliveries that arrive while a write is in flight are sent together in the next pipeline
 (group commit): at rest a delivery costs one round trip of its own, in a burst many share one.

@@ -5,10 +5,12 @@ the stock arq worker runs them; the dead letters write the same jobs on a replay
 
 from __future__ import annotations
 
+import threading
 import zlib
 from typing import Any
 
 import orjson
+import zstandard
 from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix, job_key_prefix
 
 from service.core import config
@@ -163,17 +165,24 @@ def serialize_job(args: list[Any], enqueue_time_ms: int, function: str = PROCESS
         raise Unqueueable("too_deep" if "recursion" in str(exc).lower() else "not_serialisable") from None
 
 
-# --- issue 24: a queued delivery's job, deflated -------------------------------------------------
+# --- issue 24: a queued delivery's job, compressed ----------------------------------------------
 # A delivery's job is most of what Redis holds for it while it waits (a ~0.9 KB body gave a
 # 1.26 KB job, 1.6 KB of Redis memory with its dedup record and queue entry), and most of what
-# the web sends Redis. The intake writes it deflated (raw DEFLATE, no zlib header) with a preset
-# dictionary of what every job and Codat payload repeats: the job's and the event record's keys,
-# Codat's payload keys, URL templates, statuses and event types. No value of any one example is
-# in it. That job: 0.42 KB, 0.8 KB of Redis memory; ~10 us to deflate, ~4 us to inflate.
+# the web sends Redis. The intake writes it compressed with a preset dictionary of what every job
+# and Codat payload repeats: the job's and the event record's keys, Codat's payload keys, URL
+# templates, statuses and event types. No value of any one example is in it.
 #
-# The dictionary is part of the stored format: a job written with it can be read only with it,
-# byte for byte. Never edit it; a better one is a new version (a new prefix, read beside this one).
+# Two formats, each a prefix and a compressed JSON job; the workers read both:
+# - V2, written now: a zstd frame (level 3, the dictionary as raw content, no checksum: Redis
+#   keeps what it was given). That job: 0.41 KB; ~6 us to compress, ~2 us to read back.
+# - V1, read only (jobs a web older than V2 queued): raw DEFLATE (level 3, no zlib header).
+#   0.38 KB, but ~10-17 us to deflate and ~4 to inflate; a web spends ~105 us a delivery in all,
+#   so V1 was a tenth of it (bench/README.md, "Fourth pass").
+#
+# The dictionary is part of both formats: a job written with it can be read only with it, byte
+# for byte. Never edit it; a better one is a new version (a new prefix, read beside these).
 JOB_DEFLATED_V1 = b"\x00zj1"  # no JSON text begins with a NUL: a job is one or the other
+JOB_ZSTD_V2 = b"\x00zj2"
 JOB_DICTIONARY_V1 = (
     b'"ClientId":"","ClientName":"","RuleId":"","AlertId":"","Message":"","DailyQuota":,"QuotaRemaining":,'
     b'"ExpiresUtc":"","ResetReason":"","RuleType":"","CompanyId":"","DataConnectionId":"","Data":{'
@@ -192,22 +201,41 @@ JOB_DICTIONARY_V1 = (
     b'{"t":null,"f":"process_event","a":[{"message_id":"msg_","event_type":"","known":true,"legacy":false,'
     b'"generated_date":"","company_id":"","connection_id":"","received_at_ms":,"body":{"id":"'
 )
-# Level 3: as fast as 1 on a job this size, and ~8% smaller. A 4 KB window (wbits 12) holds the
-# dictionary and a usual job; memLevel 4 keeps the compressor's tables, set up per job, small.
-_DEFLATE = (3, zlib.DEFLATED, -12, 4, zlib.Z_DEFAULT_STRATEGY, JOB_DICTIONARY_V1)
+# A job read back is at most this large: a frame that says otherwise is refused before anything is
+# allocated for it (the intake's jobs hold one body of at most MAX_BODY_BYTES, and its fields).
+MAX_JOB_BYTES = 2 * config.MAX_BODY_BYTES + 64 * 1024
+
+
+class _Codecs(threading.local):
+    """zstd's compressor and decompressor, one of each per thread (neither may be shared by two
+    threads at once), with the dictionary digested once, not per job."""
+
+    def __init__(self) -> None:
+        dictionary = zstandard.ZstdCompressionDict(JOB_DICTIONARY_V1, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        self.compress = zstandard.ZstdCompressor(
+            level=3, dict_data=dictionary, write_checksum=False, write_content_size=True, write_dict_id=False
+        ).compress
+        self.decompress = zstandard.ZstdDecompressor(dict_data=dictionary).decompress
+
+
+_codecs = _Codecs()
 
 
 def serialize_event_job(record: dict[str, Any], enqueue_time_ms: int) -> bytes:
-    """A delivery's process_event job, as the intake queues it: serialize_job's JSON, deflated.
-    Raises Unqueueable as serialize_job does. Only the workers read it (deserialize_job): jobs
-    that operators or tests read as JSON (a replayed dead letter's) stay JSON."""
-    deflate = zlib.compressobj(*_DEFLATE)
-    return JOB_DEFLATED_V1 + deflate.compress(serialize_job([record], enqueue_time_ms)) + deflate.flush()
+    """A delivery's process_event job, as the intake queues it: serialize_job's JSON, compressed
+    (V2). Raises Unqueueable as serialize_job does. Only the workers read it (deserialize_job):
+    jobs that operators or tests read as JSON (a replayed dead letter's) stay JSON."""
+    return JOB_ZSTD_V2 + _codecs.compress(serialize_job([record], enqueue_time_ms))
 
 
 def deserialize_job(raw: bytes) -> dict[str, Any]:
-    """Any job this service queues, JSON or deflated, as arq reads one (the workers' job_deserializer)."""
-    if raw.startswith(JOB_DEFLATED_V1):
+    """Any job this service queues, JSON, V2 or V1, as arq reads one (the workers' job_deserializer)."""
+    if raw.startswith(JOB_ZSTD_V2):
+        frame = memoryview(raw)[len(JOB_ZSTD_V2) :]
+        if not 0 <= zstandard.frame_content_size(frame) <= MAX_JOB_BYTES:  # -1: not in the frame
+            raise ValueError("a compressed job that does not say its size, or is larger than any queued")
+        raw = _codecs.decompress(frame)
+    elif raw.startswith(JOB_DEFLATED_V1):
         # Any window: the 32 KB one reads what a smaller one wrote.
         inflate = zlib.decompressobj(-15, zdict=JOB_DICTIONARY_V1)
         raw = inflate.decompress(memoryview(raw)[len(JOB_DEFLATED_V1) :]) + inflate.flush()
