@@ -4,9 +4,13 @@ credential appears in any of them, in any of the forms it travels in."""
 from __future__ import annotations
 
 import base64
+import inspect
+import logging
 
+import arq.worker
 import httpx
 import orjson
+import pytest
 import redis
 
 from tests.support import (
@@ -23,6 +27,7 @@ from tests.support import (
     legacy_status_changed,
     wait_until,
 )
+from workers.worker import _PER_JOB_LINES
 
 OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
 CREDENTIALS = {
@@ -69,3 +74,30 @@ def test_a_full_run_logs_only_json_and_no_credential(
             assert isinstance(entry, dict) and "event" in entry and "level" in entry, line
         for name, value in CREDENTIALS.items():
             assert value not in text, f"the {name} reached the log of {process.args[0]}"
+    # arq's own lines come through, but for its two a job ('→ job(args)', '← job ● result'):
+    # `event.processed` says it once, with the ids.
+    said = [orjson.loads(line)["event"] for line in worker.log_path.read_text().splitlines() if line.strip()]
+    assert any(event.startswith("Starting worker for") for event in said)
+    assert "event.processed" in said
+    assert not [event for event in said if " → " in event or " ← " in event]
+
+
+def test_arq_per_job_lines_are_dropped_before_a_record_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    arq_log = logging.getLogger("arq.worker")
+    made: list[object] = []
+    make = arq_log.makeRecord
+    monkeypatch.setattr(arq_log, "makeRecord", lambda *args, **kw: made.append(args[4]) or make(*args, **kw))
+    monkeypatch.setattr(arq_log, "handle", lambda record: None)
+    level = arq_log.level
+    arq_log.setLevel(logging.INFO)
+    try:
+        arq_log.info("%6.2fs → %s(%s)%s", 0.01, "event:1:process_event", "{...}", "")
+        arq_log.info("%6.2fs ← %s ● %s", 0.02, "event:1:process_event", "")
+        arq_log.info("%6.2fs ↻ %s retrying job in %0.2fs", 0.02, "event:1:process_event", 5.0)
+        arq_log.warning("%6.2fs → %s", 0.01, "not at info")
+    finally:
+        arq_log.setLevel(level)
+    assert made == ["%6.2fs ↻ %s retrying job in %0.2fs", "%6.2fs → %s"]
+    # The formats are arq's own: an arq that words them otherwise fails here, not in production.
+    source = inspect.getsource(arq.worker)
+    assert all(f"logger.info('{line}" in source for line in _PER_JOB_LINES)
