@@ -35,7 +35,7 @@ def main() -> None:
         queue_name=QUEUE_NAME,
         redis_settings=RedisSettings.from_dsn(os.environ["REDIS_URL"]),
         job_serializer=orjson.dumps,
-        job_deserializer=deserialize_job,  # JSON, or a delivery's job as the intake deflates it
+        job_deserializer=deserialize_job,  # JSON, or a delivery's job as the intake compresses it
         poll_delay=0.05,
         max_jobs=20,
         max_tries=ARQ_MAX_TRIES,

@@ -165,7 +165,7 @@ def queued_events(store: redis.Redis) -> list[dict[str, Any]]:
     for job_id in store.zrange("arq:queue", 0, -1):
         raw = store.get(b"arq:job:" + job_id)
         assert raw is not None, f"queue entry {job_id!r} has no job record"
-        job = keys.deserialize_job(raw)  # as the workers read it: JSON, or deflated by the intake
+        job = keys.deserialize_job(raw)  # as the workers read it: JSON, or compressed by the intake
         assert job["f"] == "process_event"
         events.append(job["a"][0])
     return events

@@ -21,6 +21,7 @@ import zstandard
 from structlog.contextvars import bind_contextvars, clear_contextvars
 
 from service.core import events, logs
+from service.core.config import MAX_BODY_BYTES
 from service.stores import keys
 from service.web.httpserver import OneWriteTransport
 from service.web.verification import Verifier
@@ -138,6 +139,26 @@ def test_a_compressed_job_larger_than_any_queued_is_refused_before_it_is_read() 
             keys.deserialize_job(keys.JOB_ZSTD_V2 + frame)
     bound = b'{"a":"' + b"x" * (keys.MAX_JOB_BYTES - 8) + b'"}'
     assert len(keys.deserialize_job(keys.JOB_ZSTD_V2 + zstandard.ZstdCompressor().compress(bound))["a"]) > 0
+
+
+def test_the_largest_body_the_web_accepts_reads_back_from_its_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # orjson writes a number again longer than it came (9e15: 9000000000000000.0, ~3.8x): a body
+    # of MAX_BODY_BYTES made of them is the largest job a delivery makes. Read back whole, never
+    # refused by the bound on what a compressed job may say its size is (a refusal there deletes
+    # the job: arq fails what it cannot read).
+    numbers = b",".join([b"9e15"] * ((MAX_BODY_BYTES - 200) // 5))
+    body = b'{"id":"e1","eventType":"read.completed","payload":{"referenceCompany":{"id":"c1"},"n":[%s]}}' % numbers
+    assert len(body) <= MAX_BODY_BYTES
+    event = events.parse(body, "msg_largest", 1_733_366_400_123)
+    plain = keys.serialize_job([event.to_dict()], event.received_at_ms)
+    assert len(plain) > 3.5 * MAX_BODY_BYTES
+    job = keys.serialize_event_job(event.to_dict(), event.received_at_ms)
+    assert job.startswith(keys.JOB_ZSTD_V2)
+    assert keys.deserialize_job(job) == orjson.loads(plain)
+    # Past the bound all the same, the job is written as plain JSON, read without it.
+    monkeypatch.setattr(keys, "MAX_JOB_BYTES", len(plain) - 1)
+    job = keys.serialize_event_job(event.to_dict(), event.received_at_ms)
+    assert job == plain and keys.deserialize_job(job) == orjson.loads(plain)
 
 
 def test_a_compressed_job_refuses_what_the_json_job_refuses() -> None:

@@ -201,9 +201,12 @@ JOB_DICTIONARY_V1 = (
     b'{"t":null,"f":"process_event","a":[{"message_id":"msg_","event_type":"","known":true,"legacy":false,'
     b'"generated_date":"","company_id":"","connection_id":"","received_at_ms":,"body":{"id":"'
 )
-# A job read back is at most this large: a frame that says otherwise is refused before anything is
-# allocated for it (the intake's jobs hold one body of at most MAX_BODY_BYTES, and its fields).
-MAX_JOB_BYTES = 2 * config.MAX_BODY_BYTES + 64 * 1024
+# A compressed job is at most this large once read back: a frame that says otherwise is refused
+# before anything is allocated for it. A job holds one body of at most MAX_BODY_BYTES, as orjson
+# writes it again (a number can come out ~4x longer: 9e15 is 9000000000000000.0), and fields
+# copied out of it; a job larger than this all the same is written as plain JSON, which is read
+# without the bound: whatever the web accepted, a worker can read.
+MAX_JOB_BYTES = 8 * config.MAX_BODY_BYTES
 
 
 class _Codecs(threading.local):
@@ -223,9 +226,11 @@ _codecs = _Codecs()
 
 def serialize_event_job(record: dict[str, Any], enqueue_time_ms: int) -> bytes:
     """A delivery's process_event job, as the intake queues it: serialize_job's JSON, compressed
-    (V2). Raises Unqueueable as serialize_job does. Only the workers read it (deserialize_job):
-    jobs that operators or tests read as JSON (a replayed dead letter's) stay JSON."""
-    return JOB_ZSTD_V2 + _codecs.compress(serialize_job([record], enqueue_time_ms))
+    (V2), or left JSON past MAX_JOB_BYTES. Raises Unqueueable as serialize_job does. Only the
+    workers read it (deserialize_job): jobs that operators or tests read as JSON (a replayed dead
+    letter's) stay JSON."""
+    job = serialize_job([record], enqueue_time_ms)
+    return job if len(job) > MAX_JOB_BYTES else JOB_ZSTD_V2 + _codecs.compress(job)
 
 
 def deserialize_job(raw: bytes) -> dict[str, Any]:
