@@ -61,11 +61,11 @@ def main() -> int:
 
         try:
             for number in range(args.rounds):
-                result = drain.run(stack, args.kind, args.workers, "loopback", args.backlog, 60, staged)
-                while recording:
-                    perf = recording.pop()
-                    perf.send_signal(signal.SIGINT)
-                    perf.wait(60)
+                try:
+                    result = drain.run(stack, args.kind, args.workers, "loopback", args.backlog, 60, staged)
+                finally:
+                    while recording:
+                        perf_stop(recording.pop(), args.perf)
                 assert drain.last_delta is not None
                 delta, done = drain.last_delta
                 print(f"\nround {number + 1}: {args.kind}, {args.workers} worker(s), {done:,} events")
@@ -94,7 +94,22 @@ def log_everything(store: redis.Redis) -> None:
 def perf_record(store: redis.Redis, path: Path) -> subprocess.Popen[bytes]:
     pid = store.info("server")["process_id"]
     command = ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(path)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with path.with_suffix(".log").open("wb") as said:  # what perf says, for perf_stop to show
+        return subprocess.Popen(command, stdout=said, stderr=subprocess.STDOUT)
+
+
+def perf_stop(perf: subprocess.Popen[bytes], path: Path) -> None:
+    """Stop the recording (perf writes its data on SIGINT: DWARF stacks take a while), and say
+    why when it did not record (no permission to attach, e.g. kernel.perf_event_paranoid)."""
+    perf.send_signal(signal.SIGINT)
+    try:
+        perf.wait(300)
+    except subprocess.TimeoutExpired:
+        perf.kill()
+        perf.wait()
+    if perf.returncode not in (0, -signal.SIGINT):  # it writes its data, then ends by the signal
+        said = path.with_suffix(".log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"perf record ended with {perf.returncode}: {said}")
 
 
 # The server's functions whose share (with what they call) is printed, and what each stands for.

@@ -256,9 +256,10 @@ class _OnlyWhereItListens(logging.Filter):
 
 
 def _quiet_libraries_for_people() -> None:
-    """At a terminal, our own lines tell what happened. arq's per-job lines (`→ job(...)`, `←`),
-    its health-check records and uvicorn's startup chatter repeat it; they stay at debug, and in
-    the JSON lines, where a pipeline filters rather than a person reads."""
+    """At a terminal, our own lines tell what happened. arq's health-check records and uvicorn's
+    startup chatter repeat it; they stay at debug, and in the JSON lines, where a pipeline filters
+    rather than a person reads. (arq's per-job lines, `→ job(...)` and `←`, are dropped in every
+    format: workers.worker.)"""
     for name in ("arq.worker", "arq.jobs", "arq.connections"):
         logging.getLogger(name).setLevel(logging.WARNING)
     uvicorn = logging.getLogger("uvicorn.error")
