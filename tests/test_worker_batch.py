@@ -43,7 +43,15 @@ def test_a_claim_starts_its_jobs_as_arqs_run_job_would(valkey: ValkeyServer, sto
     now = int(time.time() * 1000)
     store.zadd(keys.QUEUE_NAME, {"a": now - 2, "gone": now - 1, "later": now + 60_000})
     store.set(keys.job_key("a"), b'{"f":"process_event"}')
+    before = store.info("commandstats")
     claimed, next_due, _ = _claim(valkey, 5, ttl_ms=200)
+    after = store.info("commandstats")
+    # the jobs read by one MGET, not a GET each (a command inside a script costs the server ~1 µs)
+    calls = {
+        c: after.get(f"cmdstat_{c}", {}).get("calls", 0) - before.get(f"cmdstat_{c}", {}).get("calls", 0)
+        for c in ("mget", "get")
+    }
+    assert calls == {"mget": 1, "get": 0}
     assert claimed == [
         jobqueue.Claimed("a", now - 2, b'{"f":"process_event"}', 1),
         jobqueue.Claimed("gone", now - 1, None, 1),  # arq fails it as expired

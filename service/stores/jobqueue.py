@@ -14,8 +14,8 @@ sleeps until then, not a whole poll delay, when a deferred job comes due.
 
 With `start`, the same call also does what arq's `run_job` opens with (its first MULTI: GET the
 job, INCR and EXPIRE the retry counter), for every job it claims: a job then costs no round trip
-of its own to start, and the first try (the common case) writes its counter with one
-`SET NX EX`. And `finish_batch` does what arq's `finish_job` does (a MULTI per job: DEL the
+of its own to start, the jobs are read by one MGET, and the first try (the common case) writes
+its counter with one `SET NX EX`. And `finish_batch` does what arq's `finish_job` does (a MULTI per job: DEL the
 in-progress, retry and job keys, ZREM from the queue and the abort set, SET the result) for a
 whole batch of jobs that ended about together, in one script call: one DEL and two ZREMs for
 the batch, and in the same call what the jobs leave for the ops console (their deliveries'

@@ -1,8 +1,9 @@
 -- Claim up to `want` due jobs of arq's queue at once (service.stores.jobqueue), as arq's
 -- `start_jobs` checks one at a time: a job is taken when it is due (score <= now) and its
 -- in-progress key did not exist, which is then set with arq's own key, value and timeout.
--- With start = "1", also what arq's `run_job` opens with, per job claimed: GET the job, and
--- count the try (SET 1 NX EX on a first try, INCR + EXPIRE on a later one).
+-- With start = "1", also what arq's `run_job` opens with, per job claimed: GET the job (one MGET
+-- for all the claim takes), and count the try (SET 1 NX EX on a first try, INCR + EXPIRE on a
+-- later one).
 -- Returns {id1, score1, id2, score2, ...} in queue order (with start: {id1, score1, job1 or ""
 -- when its key is gone, try1, ...}), then the due jobs it found held by another worker (their
 -- ids, then how many), then the next future score last ("" when there is none, or when the
@@ -32,6 +33,7 @@ end
 
 want, scan, start = tonumber(want), tonumber(scan), start == '1'
 local out, busy, claimed, offset = {}, {}, 0, 0
+local jobs = {}                -- with start: the claimed jobs' keys, read by one MGET at the end
 while claimed < want and offset < scan do
   -- The caller's own jobs are the oldest due, mostly: a first page of them and the wanted ones
   -- is often all a claim reads (a page costs the server by its size).
@@ -47,7 +49,8 @@ while claimed < want and offset < scan do
       out[#out + 1] = due[i]
       out[#out + 1] = due[i + 1]
       if start then
-        out[#out + 1] = redis.call('GET', job_prefix .. due[i]) or ''
+        jobs[#jobs + 1] = job_prefix .. due[i]
+        out[#out + 1] = ''       -- the job, once read
         local retry = retry_prefix .. due[i]
         if redis.call('SET', retry, '1', 'NX', 'EX', retry_ttl) then
           out[#out + 1] = 1
@@ -61,6 +64,12 @@ while claimed < want and offset < scan do
     end
   end
   offset = offset + #due / 2
+end
+if #jobs > 0 then
+  local read = redis.call('MGET', unpack(jobs))
+  for k = 1, #jobs do
+    out[4 * k - 1] = read[k] or ''  -- a key gone reads false
+  end
 end
 -- A claim that took all it wanted leaves its caller with no free slot: a slot coming free wakes
 -- it, not the next job's due time, so that is not looked up.
