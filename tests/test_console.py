@@ -307,8 +307,10 @@ def test_company_page_connections_history_syncs_and_dead_letters(valkey: ValkeyS
     async def seed(r: Redis) -> None:
         await _connection(r, company, connection)
         syncs = SyncStore(r)
-        await syncs.record(company, "invoices", now_ms(), {"status": "Complete", "connectionId": connection})
-        await syncs.record(company, "bills", now_ms(), {"status": "FetchError", "eventType": "read.completed"})
+        await syncs.write(syncs.keep(company, "invoices", now_ms(), {"status": "Complete", "connectionId": connection}))
+        await syncs.write(
+            syncs.keep(company, "bills", now_ms(), {"status": "FetchError", "eventType": "read.completed"})
+        )
         await _letter(r, company, connection, message_id="msg_failed")
         await _letter(r, "another-company", connection)
 

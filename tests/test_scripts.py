@@ -376,10 +376,12 @@ def test_sync_record_keeps_the_newest_once_and_emits(valkey: ValkeyServer, store
     async def work(client: Redis) -> list[bool]:
         syncs = SyncStore(client)
         return [
-            await syncs.record("co", "invoices", 2_000, {"status": "Complete", "codatEventId": "e1"}, told),
-            await syncs.record("co", "invoices", 1_000, {"status": "FetchError", "codatEventId": "e0"}, told),
-            await syncs.record("co", "invoices", 3_000, {"status": "Complete", "codatEventId": "e1"}, told),
-            await syncs.record("co", "invoices", 3_000, {"status": "Complete", "codatEventId": "e2"}),
+            await syncs.write(syncs.keep("co", "invoices", 2_000, {"status": "Complete", "codatEventId": "e1"}, told)),
+            await syncs.write(
+                syncs.keep("co", "invoices", 1_000, {"status": "FetchError", "codatEventId": "e0"}, told)
+            ),
+            await syncs.write(syncs.keep("co", "invoices", 3_000, {"status": "Complete", "codatEventId": "e1"}, told)),
+            await syncs.write(syncs.keep("co", "invoices", 3_000, {"status": "Complete", "codatEventId": "e2"})),
         ]
 
     assert run(valkey, work) == [True, False, False, True]
@@ -480,14 +482,15 @@ def test_sync_record_reads_a_record_written_in_any_order(valkey: ValkeyServer, s
     async def work(client: Redis) -> list[bool]:
         syncs = SyncStore(client)
         return [
-            await syncs.record("co", "invoices", 1_000, {"codatEventId": "e0"}),  # older
-            await syncs.record("co", "invoices", 3_000, {"codatEventId": "e1"}),  # the same news
-            await syncs.record("co", "bills", 3_000, {"codatEventId": None}),  # no id either: the same
-            await syncs.record("co", "invoices", 3_000, {"codatEventId": "e2"}),
-            await syncs.record("co", "invoices", 2_500, {"codatEventId": "e3"}),  # older than e2, read undecoded
-            await syncs.record("co", "invoices", 3_000, {"codatEventId": "e2"}),  # e2 again, read undecoded
-            await syncs.record("co", "balanceSheet", 4_000, {"codatEventId": "e8"}),
-            await syncs.record("co", "balanceSheet", 6_000, {"codatEventId": "e9"}),
+            await syncs.write(syncs.keep("co", "invoices", 1_000, {"codatEventId": "e0"})),  # older
+            await syncs.write(syncs.keep("co", "invoices", 3_000, {"codatEventId": "e1"})),  # the same news
+            await syncs.write(syncs.keep("co", "bills", 3_000, {"codatEventId": None})),  # no id either: the same
+            await syncs.write(syncs.keep("co", "invoices", 3_000, {"codatEventId": "e2"})),
+            # older than e2, read undecoded
+            await syncs.write(syncs.keep("co", "invoices", 2_500, {"codatEventId": "e3"})),
+            await syncs.write(syncs.keep("co", "invoices", 3_000, {"codatEventId": "e2"})),  # e2 again, read undecoded
+            await syncs.write(syncs.keep("co", "balanceSheet", 4_000, {"codatEventId": "e8"})),
+            await syncs.write(syncs.keep("co", "balanceSheet", 6_000, {"codatEventId": "e9"})),
         ]
 
     assert run(valkey, work) == [False, False, False, True, False, False, False, False]

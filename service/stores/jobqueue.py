@@ -113,7 +113,7 @@ async def finish_batch(
 ) -> list[tuple[bool | None, ...] | ResponseError]:
     """arq's `finish_job` for every job of `finishes`, with their sync outcomes, traces and counts
     (the counts summed over the batch), in one script call. Returns, per finish, whether each of
-    its sync outcomes was kept (SyncStore.record's answer), or the error the script met writing
+    its sync outcomes was kept (SyncStore.write's answer), or the error the script met writing
     it. One end the script cannot write (its company's sync hash holding another type, say)
     would fail the call for all: each end is then written in a call of its own, and only that
     job's end fails. The failed call may have kept some outcomes already (a keep is never undone,

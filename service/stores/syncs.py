@@ -20,7 +20,8 @@ SYNC_KEEP_ARGS = 10
 @dataclass(frozen=True, slots=True)
 class Keep:
     """One sync outcome to keep, as lua/sync_keep.lua takes it (`args`, in its order): written by
-    `SyncStore.record`, or by the worker with the job's end (service.stores.jobqueue.Finish)."""
+    `SyncStore.write` in a call of its own, or by the worker with the job's end
+    (service.stores.jobqueue.Finish)."""
 
     args: tuple[str | bytes | int, ...]
 
@@ -58,17 +59,6 @@ class SyncStore:
                 self._outbox.encoded(kind, fields) if kind else "",
             )
         )
-
-    async def record(
-        self,
-        company_id: str,
-        data_type: str,
-        at_ms: int,
-        entry: dict[str, Any],
-        lifecycle: tuple[str, dict[str, Any]] | None = None,
-    ) -> bool:
-        """`keep`, now, in a call of its own. True if kept."""
-        return await self.write(self.keep(company_id, data_type, at_ms, entry, lifecycle))
 
     async def write(self, keep: Keep) -> bool:
         """A `keep` written in a call of its own. True if kept."""
